@@ -1,0 +1,167 @@
+"""Forward one request to a model's worker and stream its answer back, untouched and unbuffered.
+
+The proxy knows nothing of swapping: it takes a lease on a ready worker and forwards. What it
+does add is honesty about failures: a stream that the worker ends without ``data: [DONE]``
+reaches the client as an SSE error event rather than a clean end, a worker that dies before
+answering becomes a 502 quoting its log, and worker error bodies that are not in the OpenAI
+shape are put into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from typing import Any
+
+import anyio
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from mlx_serve.errors import APIError, error_body
+from mlx_serve.scheduler import Scheduler
+from mlx_serve.worker import Worker
+
+log = logging.getLogger("mlx_serve.proxy")
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+              "proxy-authenticate", "proxy-authorization", "server", "date"}
+SSE_DONE = b"data: [DONE]"
+
+
+class ProxyResponse:
+    """An ASGI response that leases ``model``'s worker, forwards the request, and relays the answer."""
+
+    def __init__(self, scheduler: Scheduler, model: str, path: str, content: bytes, content_type: str, *,
+                 keep_alive: float | None = None, timeout: float = 600.0) -> None:
+        self.scheduler = scheduler
+        self.model = model
+        self.path = path
+        self.content = content
+        self.content_type = content_type
+        self.keep_alive = keep_alive
+        self.timeout = timeout
+        self.status: int | None = None  # what the client got, for metrics and logs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as tg:
+            async def watch_disconnect() -> None:
+                # A client that goes away (while queued or mid-stream) cancels its request: the
+                # lease is released, and closing the upstream request stops the worker's generation.
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch_disconnect)
+            try:
+                await self._serve(send)
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _serve(self, send: Send) -> None:
+        started = False
+        try:
+            async with self.scheduler.lease(self.model, self.keep_alive) as worker:
+                started = await self._forward(worker, send)
+        except APIError as e:
+            if not started:
+                await self._send_error(send, e)
+
+    async def _forward(self, worker: Worker, send: Send) -> bool:
+        request = worker.client.build_request(
+            "POST", self.path, content=self.content, headers={"content-type": self.content_type},
+            timeout=httpx.Timeout(self.timeout, connect=10.0))
+        try:
+            upstream = await worker.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise APIError(504, f"model {self.model!r} did not answer within server.request_timeout "
+                                f"({self.timeout:g}s)", code="worker_timeout") from None
+        except httpx.HTTPError as e:
+            raise await self._worker_failed(worker, e) from None
+        try:
+            if upstream.status_code >= 400:
+                await self._relay_error(upstream, send)
+                return True
+            is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+            headers = [(k.encode(), v.encode()) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
+            if is_sse:
+                headers = [h for h in headers if h[0].lower() != b"content-length"]
+                headers.append((b"cache-control", b"no-cache"))
+                headers.append((b"x-accel-buffering", b"no"))
+            self.status = upstream.status_code
+            await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
+            tail = b""
+            try:
+                async for chunk in upstream.aiter_raw():
+                    if chunk:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        if is_sse:
+                            tail = (tail + chunk)[-256:]
+            except httpx.HTTPError as e:
+                if not is_sse:
+                    raise  # the body is cut short; the client sees a broken response, not a clean one
+                error = await self._worker_failed(worker, e)
+                await self._send_sse_error(send, error)
+                return True
+            if is_sse and SSE_DONE not in tail:
+                error = await self._worker_failed(worker, None)
+                await self._send_sse_error(send, error)
+                return True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        finally:
+            await upstream.aclose()
+
+    async def _worker_failed(self, worker: Worker, cause: Exception | None) -> APIError:
+        # Give the router a moment to reap a dying worker so the message can say how it died.
+        for _ in range(20):
+            if worker.returncode is not None:
+                break
+            await asyncio.sleep(0.025)
+        if worker.returncode is not None:
+            message = (f"the worker for model {self.model!r} died ({worker.exit_reason()}) while serving "
+                       f"this request; the next request starts a new one.")
+            tail = worker.log_tail(8)
+            if tail:
+                message += f"\n--- last lines of its log ---\n{tail}"
+            return APIError(502, message, code="worker_died")
+        detail = f": {type(cause).__name__}: {cause}" if cause else " without finishing the stream"
+        return APIError(502, f"the worker for model {self.model!r} failed{detail}", code="worker_error")
+
+    async def _relay_error(self, upstream: httpx.Response, send: Send) -> None:
+        raw = await upstream.aread()
+        self.status = upstream.status_code
+        body: Any
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
+            message = body.get("error") or body.get("detail") if isinstance(body, dict) else None
+            if not isinstance(message, str):
+                message = raw.decode("utf-8", "replace").strip()[:2000] or f"HTTP {upstream.status_code}"
+            body = error_body(message, "invalid_request_error" if upstream.status_code < 500 else "server_error")
+        payload = json.dumps(body).encode()
+        await send({"type": "http.response.start", "status": upstream.status_code,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _send_error(self, send: Send, error: APIError) -> None:
+        self.status = error.status
+        payload = json.dumps(error.body()).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _send_sse_error(self, send: Send, error: APIError) -> None:
+        log.warning("stream for %s ended abnormally: %s", self.model, error.message.splitlines()[0])
+        event = b"data: " + json.dumps(error.body()).encode() + b"\n\n"
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+

@@ -1,0 +1,473 @@
+"""The scheduler: which models are loaded, who is using them, and when they go.
+
+Handlers never look at worker states. They take a lease::
+
+    async with scheduler.lease("qwen3", keep_alive=300) as worker:
+        ...  # proxy to worker.client
+
+``lease`` waits for a ready worker (joining a load already in progress, so there is only ever
+one process per model), counts the request in flight, and in its ``finally`` starts the
+keep_alive timer once the model goes idle. Admission under the memory budget is decided by the
+pure :func:`mlx_serve.policy.plan_admission`; this module carries it out.
+
+Everything here runs on the router's event loop, so state is changed without locks: a
+decision and the bookkeeping that follows it happen with no ``await`` in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlx_serve.config import Config, ModelConfig
+from mlx_serve.durations import FOREVER, format_duration, format_size
+from mlx_serve.errors import APIError, unavailable
+from mlx_serve.memory import FootprintStore, expected_footprint
+from mlx_serve.policy import Action, Resident, drain_candidates, plan_admission
+from mlx_serve.runtime import Runtime, worker_environment
+from mlx_serve.state import WorkerState
+from mlx_serve.worker import LaunchSpec, Worker, WorkerStartError
+
+log = logging.getLogger("mlx_serve.scheduler")
+
+EventSink = Callable[..., None]
+
+
+@dataclass
+class ModelSlot:
+    """The router's book on one configured model (the worker, if any, comes and goes)."""
+
+    config: ModelConfig
+    footprint: int
+    keep_alive: float
+    socket_index: int
+    worker: Worker | None = None
+    in_flight: int = 0
+    waiting: int = 0
+    draining: bool = False
+    last_used: float = 0.0
+    expires_at: float | None = None
+    load_task: asyncio.Task[Worker] | None = None
+    stop_task: asyncio.Task[None] | None = None
+    expiry: asyncio.TimerHandle | None = None
+    loads: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def holds_memory(self) -> bool:
+        return self.worker is not None
+
+    @property
+    def ready_worker(self) -> Worker | None:
+        w = self.worker
+        if w is not None and w.state is WorkerState.READY and not self.draining and self.stop_task is None:
+            return w
+        return None
+
+
+class Scheduler:
+    def __init__(self, config: Config, runtime: Runtime, budget: int, *,
+                 clock: Callable[[], float] = time.monotonic, on_event: EventSink | None = None) -> None:
+        self.config = config
+        self.server = config.server
+        self.runtime = runtime
+        self.budget = budget
+        self.clock = clock
+        self.store = FootprintStore(runtime.footprints_path)
+        self._on_event = on_event
+        self._env = worker_environment(config.server.fast_blas)
+        self.slots: dict[str, ModelSlot] = {}
+        for index, model in enumerate(config.models):
+            self.slots[model.name] = ModelSlot(
+                config=model,
+                footprint=expected_footprint(model, self.store, config.base_dir),
+                keep_alive=model.keep_alive if model.keep_alive is not None else config.server.keep_alive,
+                socket_index=index,
+            )
+        self._changed = asyncio.Event()
+        self._pending_loads: list[ModelSlot] = []  # loads waiting for memory, first come first served
+        self._waiting_total = 0
+        self._closing = False
+
+    # -- the public contract -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str, keep_alive: float | None = None) -> AsyncIterator[Worker]:
+        """A ready worker for ``name``, held for the duration of the ``async with`` block."""
+        worker = await self.ensure_ready(name, keep_alive)
+        slot = self.slots[name]
+        slot.in_flight += 1  # no await since ensure_ready returned: the worker is still ready
+        self._cancel_expiry(slot)
+        slot.last_used = self.clock()
+        try:
+            yield worker
+        finally:
+            slot.in_flight -= 1
+            slot.last_used = self.clock()
+            if slot.in_flight == 0:
+                self._went_idle(slot)
+            self._notify()
+
+    async def ensure_ready(self, name: str, keep_alive: float | None = None) -> Worker:
+        """Return a ready worker for ``name``, loading it (once) if needed; raise APIError if it cannot be."""
+        slot = self._slot(name)
+        if keep_alive is not None:
+            slot.keep_alive = keep_alive  # the last explicit value wins
+        worker = slot.ready_worker
+        if worker is not None:
+            return worker
+        if self._closing:
+            raise unavailable("the server is shutting down", retry_after=5, code="shutting_down")
+        if self._waiting_total >= self.server.queue_size:
+            raise unavailable(f"too many requests are waiting for models ({self.server.queue_size}, "
+                              f"server.queue_size); try again shortly", retry_after=2, code="queue_full")
+        self._waiting_total += 1
+        slot.waiting += 1
+        deadline = self.clock() + self.server.queue_timeout
+        try:
+            while True:
+                worker = slot.ready_worker
+                if worker is not None:
+                    return worker
+                if self._closing:
+                    raise unavailable("the server is shutting down", retry_after=5, code="shutting_down")
+                if slot.worker is None and slot.load_task is None and slot.stop_task is None:
+                    slot.load_task = asyncio.create_task(self._load(slot), name=f"load-{name}")
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    raise self._timeout_error(slot)
+                if slot.load_task is not None:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(slot.load_task), timeout=remaining)
+                    except asyncio.TimeoutError:
+                        raise self._timeout_error(slot) from None
+                else:
+                    try:
+                        await self._wait_for_change(remaining)
+                    except asyncio.TimeoutError:
+                        raise self._timeout_error(slot) from None
+        finally:
+            slot.waiting -= 1
+            self._waiting_total -= 1
+            if slot.waiting == 0 and slot.in_flight == 0 and slot.ready_worker is not None:
+                self._went_idle(slot)  # e.g. every waiter gave up: restart the keep_alive clock
+
+    async def load(self, name: str, keep_alive: float | None = None) -> Worker:
+        """Load ``name`` now (``/api/load``); it then stays for its keep_alive like after a request."""
+        worker = await self.ensure_ready(name, keep_alive)
+        slot = self.slots[name]
+        if slot.in_flight == 0:
+            self._went_idle(slot)
+        return worker
+
+    async def unload(self, name: str | None = None) -> list[str]:
+        """Unload one model (or all), each after its requests in flight finish. Returns what was unloaded."""
+        slots = [self._slot(name)] if name else list(self.slots.values())
+        targets = [s for s in slots if s.holds_memory or s.load_task is not None]
+        await asyncio.gather(*(self._unload_when_idle(s) for s in targets))
+        return [s.name for s in targets]
+
+    async def shutdown(self) -> None:
+        """Stop every worker (the router is going away)."""
+        self._closing = True
+        self._notify()
+        for slot in self.slots.values():
+            if slot.load_task is not None:
+                slot.load_task.cancel()
+        await asyncio.gather(*(self._stop(s, "shutdown") for s in self.slots.values() if s.holds_memory),
+                             return_exceptions=True)
+        for slot in self.slots.values():
+            self._cancel_expiry(slot)
+
+    def preload(self) -> list[asyncio.Task[Worker]]:
+        return [asyncio.create_task(self.load(s.name), name=f"preload-{s.name}")
+                for s in self.slots.values() if s.config.preload]
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        return sum(s.footprint for s in self.slots.values() if s.holds_memory)
+
+    def state_of(self, name: str) -> str:
+        slot = self.slots[name]
+        if slot.worker is None:
+            return "loading" if slot.load_task is not None else WorkerState.STOPPED.value
+        if slot.draining and slot.worker.state is WorkerState.READY:
+            return "draining"
+        return slot.worker.state.value
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The loaded models, for /api/ps and the CLI."""
+        now_mono, now_wall = self.clock(), time.time()
+        rows = []
+        for slot in self.slots.values():
+            if slot.worker is None:
+                continue
+            expires_at = None
+            if slot.keep_alive != FOREVER:
+                expires_mono = slot.expires_at if slot.expires_at is not None else now_mono + slot.keep_alive
+                if slot.in_flight == 0 or slot.expires_at is not None:
+                    expires_at = now_wall + max(0.0, expires_mono - now_mono)
+            rows.append({
+                "name": slot.name,
+                "model": slot.name,
+                "type": slot.config.type,
+                "path": slot.config.path,
+                "state": self.state_of(slot.name),
+                "pid": slot.worker.pid,
+                "size": slot.footprint,
+                "size_vram": slot.footprint,
+                "memory_measured": slot.worker.memory_bytes,
+                "requests_in_flight": slot.in_flight,
+                "requests_waiting": slot.waiting,
+                "keep_alive": format_duration(slot.keep_alive),
+                "pinned": slot.keep_alive == FOREVER,
+                "expires_at": _iso(expires_at),
+                "loaded_for_s": round(now_mono - slot.worker.ready_at, 3) if slot.worker.ready_at else None,
+                "loads": slot.loads,
+            })
+        return rows
+
+    # -- loading and admission -----------------------------------------------------------------
+
+    async def _load(self, slot: ModelSlot) -> Worker:
+        try:
+            await self._admit(slot)
+            worker = Worker(self._launch_spec(slot), on_unexpected_exit=self._on_worker_exit)
+            slot.worker = worker  # reserves its footprint in the books from now on
+            self._emit("load", slot, reason="requested")
+            try:
+                await worker.start()
+            except WorkerStartError as e:
+                slot.worker = None
+                self._emit("load_failed", slot, error=e.reason)
+                raise APIError(502, str(e), code="worker_start_failed") from None
+            except BaseException:
+                slot.worker = None
+                raise
+            slot.loads += 1
+            measured = worker.memory_bytes
+            if measured and slot.config.memory is None:
+                slot.footprint = measured
+                self.store.put(slot.config, measured)
+            self._emit("ready", slot, pid=worker.pid, duration_s=round(time.monotonic() - (worker.started_at or 0), 3),
+                       memory=measured, timings=worker.ready_info.get("timings"))
+            slot.last_used = self.clock()
+            return worker
+        finally:
+            slot.load_task = None
+            self._notify()
+
+    async def _admit(self, slot: ModelSlot) -> None:
+        """Wait until ``slot`` fits in the budget, evicting idle models and draining busy ones as needed."""
+        self._pending_loads.append(slot)
+        deadline = self.clock() + self.server.queue_timeout
+        try:
+            while True:
+                if self._closing:
+                    raise unavailable("the server is shutting down", retry_after=5, code="shutting_down")
+                now = self.clock()
+                residents = self._residents(now)
+                plan = plan_admission(residents, slot.footprint, self.budget)
+                if plan.action is Action.REFUSE:
+                    raise self._refusal(slot, plan.blocking)
+                at_head = self._pending_loads[0] is slot
+                if plan.action is Action.LOAD and at_head:
+                    if not plan.evict:
+                        return
+                    victims = [self.slots[n] for n in plan.evict]
+                    for victim in victims:
+                        self._emit("evict", victim, reason=f"make room for {slot.name}")
+                    await asyncio.gather(*(self._stop(v, f"evicted for {slot.name}") for v in victims))
+                    continue
+                wake_in = deadline - now
+                if wake_in <= 0:
+                    raise self._timeout_error(slot)
+                if at_head and plan.action is Action.WAIT:
+                    wake_in = min(wake_in, self._drain_for(slot, residents, now))
+                await self._wait_for_change(wake_in, raise_on_timeout=False)
+        finally:
+            self._pending_loads.remove(slot)
+            if not self._pending_loads:
+                for other in self.slots.values():
+                    other.draining = False
+            self._notify()
+
+    def _drain_for(self, slot: ModelSlot, residents: list[Resident], now: float) -> float:
+        """Mark busy models that had their minimum residency as draining; return when to look again."""
+        drainable, soonest = [], math.inf
+        for r in residents:
+            other = self.slots[r.name]
+            if not r.busy or r.pinned or other.worker is None or other.worker.ready_at is None:
+                continue
+            resident_for = now - other.worker.ready_at
+            if resident_for >= self.server.min_residency:
+                drainable.append(r.name)
+            else:
+                soonest = min(soonest, self.server.min_residency - resident_for)
+        for name in drain_candidates(residents, slot.footprint, self.budget, drainable):
+            if not self.slots[name].draining:
+                self.slots[name].draining = True
+                self._emit("drain", self.slots[name], reason=f"make room for {slot.name}")
+        return max(0.01, soonest)
+
+    def _residents(self, now: float) -> list[Resident]:
+        residents = []
+        for s in self.slots.values():
+            if not s.holds_memory:
+                continue
+            w = s.worker
+            transitional = w is None or w.state is not WorkerState.READY or s.stop_task is not None
+            busy = transitional or s.in_flight > 0 or (s.waiting > 0 and not s.draining)
+            residents.append(Resident(
+                name=s.name, size=s.footprint, busy=busy, pinned=s.keep_alive == FOREVER,
+                expires_at=s.expires_at if s.expires_at is not None else now + s.keep_alive,
+                last_used=s.last_used))
+        return residents
+
+    def _refusal(self, slot: ModelSlot, pinned: tuple[str, ...]) -> APIError:
+        size, budget = format_size(slot.footprint), format_size(self.budget)
+        if pinned:
+            held = ", ".join(f"{n} ({format_size(self.slots[n].footprint)})" for n in pinned)
+            message = (f"model {slot.name!r} needs {size} but the memory budget is {budget} and the pinned "
+                       f"model(s) {held} stay loaded (keep_alive -1); unload them with "
+                       f"POST /api/unload or `mlx-serve unload NAME`")
+        else:
+            message = (f"model {slot.name!r} needs {size}, more than the whole memory budget of {budget}; "
+                       f"raise server.memory_budget or choose a smaller model")
+        self._emit("refused", slot, reason=message)
+        return APIError(503, message, code="insufficient_memory")
+
+    def _timeout_error(self, slot: ModelSlot) -> APIError:
+        busy = [s.name for s in self.slots.values() if s.in_flight > 0 and s is not slot]
+        why = f" (busy: {', '.join(busy)})" if busy else ""
+        return unavailable(f"model {slot.name!r} was not ready within server.queue_timeout "
+                           f"({self.server.queue_timeout:g}s){why}; try again later",
+                           retry_after=min(30.0, self.server.queue_timeout), code="queue_timeout")
+
+    def _launch_spec(self, slot: ModelSlot) -> LaunchSpec:
+        model = slot.config
+        local = model.local_path(self.config.base_dir)
+        return LaunchSpec(
+            model=model,
+            model_path=str(local) if local else model.path,
+            socket_path=self.runtime.socket_path(slot.socket_index),
+            log_path=self.runtime.worker_log(model.name),
+            env=self._env,
+            start_timeout=model.start_timeout or self.server.start_timeout,
+            stop_timeout=self.server.stop_timeout,
+        )
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    async def _stop(self, slot: ModelSlot, reason: str) -> None:
+        if slot.stop_task is None:
+            if slot.worker is None:
+                return
+            slot.stop_task = asyncio.create_task(self._do_stop(slot, slot.worker, reason), name=f"stop-{slot.name}")
+        await asyncio.shield(slot.stop_task)
+
+    async def _do_stop(self, slot: ModelSlot, worker: Worker, reason: str) -> None:
+        self._cancel_expiry(slot)
+        self._notify()
+        try:
+            await worker.stop()
+        finally:
+            if slot.worker is worker:
+                slot.worker = None
+            slot.stop_task = None
+            slot.draining = False
+            slot.expires_at = None
+            self._emit("unload", slot, pid=worker.pid, reason=reason)
+            self._notify()
+
+    async def _unload_when_idle(self, slot: ModelSlot) -> None:
+        if slot.load_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(slot.load_task)
+        if slot.worker is None:
+            return
+        slot.draining = True  # new requests wait, then load it afresh
+        self._notify()
+        while slot.in_flight > 0:
+            await self._wait_for_change(None)
+        await self._stop(slot, "unload requested")
+
+    def _went_idle(self, slot: ModelSlot) -> None:
+        """Start the keep_alive clock (the model has no request in flight)."""
+        self._cancel_expiry(slot)
+        if slot.worker is None or slot.keep_alive == FOREVER:
+            slot.expires_at = None
+            return
+        slot.expires_at = self.clock() + slot.keep_alive
+        loop = asyncio.get_running_loop()
+        slot.expiry = loop.call_later(max(0.0, slot.keep_alive), self._expire, slot)
+
+    def _expire(self, slot: ModelSlot) -> None:
+        slot.expiry = None
+        if slot.in_flight or slot.waiting or slot.worker is None or slot.stop_task is not None:
+            return
+        if slot.keep_alive == FOREVER or (slot.expires_at is not None and self.clock() < slot.expires_at - 0.001):
+            return
+        self._emit("expire", slot, reason=f"idle for keep_alive {format_duration(slot.keep_alive)}")
+        asyncio.get_running_loop().create_task(self._stop(slot, "keep_alive expired"))
+
+    def _cancel_expiry(self, slot: ModelSlot) -> None:
+        if slot.expiry is not None:
+            slot.expiry.cancel()
+            slot.expiry = None
+        slot.expires_at = None
+
+    def _on_worker_exit(self, worker: Worker, returncode: int) -> None:
+        slot = self.slots.get(worker.name)
+        if slot is None or slot.worker is not worker:
+            return
+        slot.worker = None  # its memory is free in our books at once
+        slot.draining = False
+        self._cancel_expiry(slot)
+        self._emit("crash", slot, pid=worker.pid, reason=worker.exit_reason(), log_tail=worker.log_tail(5))
+        self._notify()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _slot(self, name: str) -> ModelSlot:
+        slot = self.slots.get(name)
+        if slot is None:
+            known = ", ".join(sorted(self.slots)) or "none configured"
+            raise APIError(404, f"model {name!r} not found; available models: {known}", param="model",
+                           code="model_not_found")
+        return slot
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_for_change(self, timeout: float | None, raise_on_timeout: bool = True) -> None:
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            if raise_on_timeout:
+                raise
+
+    def _emit(self, kind: str, slot: ModelSlot, **fields: Any) -> None:
+        fields = {k: v for k, v in fields.items() if v is not None}
+        log.info("%s %s %s", kind, slot.name, " ".join(f"{k}={v}" for k, v in fields.items() if k != "log_tail"))
+        if self._on_event is not None:
+            self._on_event(kind, slot.name, **fields)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(timestamp)) + f"{time.strftime('%z')[:3]}:{time.strftime('%z')[3:]}"

@@ -1,0 +1,275 @@
+"""One worker process for one model: spawn it, wait until it is ready, watch it, stop it.
+
+A :class:`Worker` is the single owner of its :class:`~mlx_serve.state.WorkerState`. It knows
+nothing about budgets or requests: the scheduler decides *when* to start and stop workers, the
+worker knows *how*. The protocol with the worker program is described in ``workers/common.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mlx_serve.config import ModelConfig
+from mlx_serve.state import WorkerState, check_transition
+
+log = logging.getLogger("mlx_serve.worker")
+
+
+class WorkerStartError(RuntimeError):
+    """The worker did not become ready; the message quotes the tail of its log."""
+
+    def __init__(self, model: str, reason: str, log_tail: str) -> None:
+        self.model = model
+        self.reason = reason
+        self.log_tail = log_tail
+        tail = f"\n--- last lines of its log ---\n{log_tail}" if log_tail else ""
+        super().__init__(f"model {model!r} failed to start: {reason}{tail}")
+
+
+@dataclass
+class LaunchSpec:
+    """Everything needed to run a worker for one model."""
+
+    model: ModelConfig
+    model_path: str
+    socket_path: Path
+    log_path: Path
+    env: dict[str, str]
+    start_timeout: float
+    stop_timeout: float
+    extra_args: list[str] = field(default_factory=list)
+
+    def command(self, status_fd: int) -> list[str]:
+        return [sys.executable, "-m", f"mlx_serve_workers.{self.model.type}",
+                "--socket", str(self.socket_path), "--model-path", self.model_path,
+                "--name", self.model.name, "--options", json.dumps(self.model.options),
+                "--status-fd", str(status_fd), *self.extra_args]
+
+
+ExitCallback = Callable[["Worker", int], None]
+
+
+class Worker:
+    def __init__(self, spec: LaunchSpec, on_unexpected_exit: ExitCallback | None = None) -> None:
+        self.spec = spec
+        self.name = spec.model.name
+        self._state = WorkerState.STOPPED
+        self._proc: asyncio.subprocess.Process | None = None
+        self._on_unexpected_exit = on_unexpected_exit
+        self._exit_task: asyncio.Task[None] | None = None
+        self._exited = asyncio.Event()
+        self._client: httpx.AsyncClient | None = None
+        self.ready_info: dict[str, Any] = {}
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self.returncode: int | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> WorkerState:
+        return self._state
+
+    def _set_state(self, new: WorkerState) -> None:
+        self._state = check_transition(self._state, new)
+        log.debug("worker %s (pid %s) -> %s", self.name, self.pid, new.value)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """What the worker reported holding once ready: MLX memory or RSS, whichever is larger."""
+        memory = self.ready_info.get("memory") or {}
+        mlx = memory.get("mlx_active_bytes", 0) + memory.get("mlx_cache_bytes", 0)
+        value = max(memory.get("rss_bytes", 0), mlx)
+        return value or None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """An HTTP client bound to the worker's Unix socket (timeouts are set per request)."""
+        if self._client is None:
+            transport = httpx.AsyncHTTPTransport(uds=str(self.spec.socket_path))
+            self._client = httpx.AsyncClient(transport=transport, base_url="http://worker",
+                                             timeout=None, limits=httpx.Limits(max_connections=None,
+                                                                               max_keepalive_connections=64))
+        return self._client
+
+    # -- start ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the worker and return once its model is loaded and it answers; raise WorkerStartError if not."""
+        self._set_state(WorkerState.STARTING)
+        self.started_at = time.monotonic()
+        spec = self.spec
+        with contextlib.suppress(FileNotFoundError):
+            spec.socket_path.unlink()
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        read_fd, write_fd = os.pipe()
+        try:
+            with open(spec.log_path, "ab") as log_file:
+                log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name} "
+                               f"({spec.model.type}) from {spec.model_path} ===\n".encode())
+                log_file.flush()
+                self._proc = await asyncio.create_subprocess_exec(
+                    *spec.command(write_fd), stdin=asyncio.subprocess.PIPE, stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT, pass_fds=(write_fd,), env=spec.env,
+                    start_new_session=True)  # its own process group, so a stop reaches its children too
+        except OSError as e:
+            os.close(read_fd)
+            self._set_state(WorkerState.FAILED)
+            self._set_state(WorkerState.STOPPED)
+            raise WorkerStartError(self.name, f"could not run {sys.executable}: {e}", "") from e
+        finally:
+            os.close(write_fd)
+        self._exit_task = asyncio.create_task(self._watch_exit(), name=f"watch-{self.name}")
+        try:
+            event = await asyncio.wait_for(self._read_ready(read_fd), timeout=spec.start_timeout)
+        except asyncio.TimeoutError:
+            await self._fail_start(f"not ready after {spec.start_timeout:g}s (start_timeout)")
+        except asyncio.CancelledError:
+            await self._fail_start("start cancelled")
+            raise
+        if event.get("event") != "ready":
+            reason = event.get("error") or self._exit_reason() or "exited during start"
+            await self._fail_start(reason)
+        self.ready_info = event
+        self.ready_at = time.monotonic()
+        if self._state is WorkerState.STARTING:  # a crash right after "ready" already moved it on
+            self._set_state(WorkerState.READY)
+            log.info("worker %s ready (pid %s) in %.2fs", self.name, self.pid, self.ready_at - self.started_at)
+        else:
+            raise WorkerStartError(self.name, self._exit_reason() or "exited right after start", self.log_tail())
+
+    async def _read_ready(self, read_fd: int) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    os.fdopen(read_fd, "rb"))
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:  # the pipe closed: the worker exited before saying ready
+                    await self._exited.wait()
+                    return {"event": "exited"}
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if event.get("event") in ("ready", "failed"):
+                    return event
+        finally:
+            transport.close()
+
+    async def _fail_start(self, reason: str) -> None:
+        if self._state is WorkerState.STARTING:
+            self._set_state(WorkerState.FAILED)
+        await self._kill_group(grace=0.5)
+        if self._state is WorkerState.FAILED:
+            self._set_state(WorkerState.STOPPED)
+        await self._close_client()
+        raise WorkerStartError(self.name, reason, self.log_tail())
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """SIGTERM, a bounded grace period, then SIGKILL of the whole process group."""
+        if self._state in (WorkerState.STOPPED, WorkerState.STOPPING):
+            if self._state is WorkerState.STOPPING:
+                await self._exited.wait()
+            return
+        if self._state is WorkerState.FAILED:
+            await self._exited.wait()
+            return
+        self._set_state(WorkerState.STOPPING)
+        await self._kill_group(grace=self.spec.stop_timeout)
+        await self._close_client()
+        self._set_state(WorkerState.STOPPED)
+        log.info("worker %s stopped (pid %s, rc %s)", self.name, self.pid, self.returncode)
+
+    async def _kill_group(self, grace: float) -> None:
+        if self._proc is None:
+            return
+        if self._proc.returncode is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exited.wait()), timeout=grace)
+            except asyncio.TimeoutError:
+                log.warning("worker %s (pid %s) ignored SIGTERM for %.1fs; killing it", self.name, self.pid, grace)
+        # Whatever the main process did, nothing of its group may outlive the stop.
+        self._signal_group(signal.SIGKILL)
+        await self._exited.wait()
+        with contextlib.suppress(FileNotFoundError):
+            self.spec.socket_path.unlink()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        try:
+            os.killpg(self._proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def _close_client(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    # -- watching ------------------------------------------------------------------------------
+
+    async def _watch_exit(self) -> None:
+        assert self._proc is not None
+        self.returncode = await self._proc.wait()
+        self._exited.set()
+        if self._state is WorkerState.READY:  # nobody asked it to go: a crash
+            log.error("worker %s (pid %s) exited unexpectedly: %s", self.name, self.pid, self._exit_reason())
+            self._set_state(WorkerState.FAILED)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)  # its children, if any
+            await self._close_client()
+            self._set_state(WorkerState.STOPPED)
+            if self._on_unexpected_exit is not None:
+                self._on_unexpected_exit(self, self.returncode)
+
+    def _exit_reason(self) -> str | None:
+        rc = self.returncode
+        if rc is None:
+            return None
+        if rc < 0:
+            try:
+                return f"killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                return f"killed by signal {-rc}"
+        return f"exited with status {rc}"
+
+    def exit_reason(self) -> str:
+        return self._exit_reason() or "still running"
+
+    def log_tail(self, lines: int = 15, max_chars: int = 2000) -> str:
+        """The last lines of this worker's log, for error messages."""
+        try:
+            with open(self.spec.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 16384))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        marker = text.rfind("\n=== ")
+        if marker >= 0:
+            text = text[marker + 1:]
+        tail = "\n".join(text.strip().splitlines()[-lines:])
+        return tail[-max_chars:]

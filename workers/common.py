@@ -1,0 +1,220 @@
+"""What every worker program shares: its command line, the pipes to the router, memory figures.
+
+The worker protocol (the router side is ``mlx_serve.worker``):
+
+* The router starts ``python -m mlx_serve_workers.<kind> --socket PATH --model-path DIR
+  --name NAME --options JSON --status-fd FD`` in a new session (its own process group).
+* **stdin** is a pipe from the router. The worker never reads requests from it; end of file
+  means the router is gone, and the worker exits at once (so a SIGKILLed router leaves no
+  worker behind). On Linux the kernel's parent-death signal backs this up.
+* **status fd** carries JSON lines from the worker to the router: ``{"event": "ready", ...}``
+  once the model is loaded *and* the socket accepts requests (with the measured memory and
+  timings), or ``{"event": "failed", "error": ...}``. The router waits on this pipe instead of
+  polling, so a start costs no polling interval.
+* The worker serves HTTP on the Unix socket only (never TCP), with ``GET /health`` answering
+  ``{"status": "ok", "memory": {...}}`` and its kind's OpenAI endpoints.
+
+Nothing here imports MLX at module level: ``hide_torch()`` must run before the model library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STARTED_AT = time.monotonic()
+
+
+def hide_torch() -> None:
+    """Make torch unimportable before transformers is imported.
+
+    transformers imports torch whenever it is installed, which costs each worker about
+    1.4 s and 490 MB and is never used by MLX (see shared notes, "Hiding torch").
+    """
+    if os.environ.get("MLX_SERVE_KEEP_TORCH") == "1":
+        return
+    for name in ("torch", "torchvision", "torchaudio"):
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+
+
+@dataclass
+class WorkerArgs:
+    kind: str
+    socket: str
+    model_path: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    status_fd: int | None = None
+
+
+def parse_args(kind: str, argv: list[str] | None = None) -> WorkerArgs:
+    parser = argparse.ArgumentParser(prog=f"mlx_serve_workers.{kind}")
+    parser.add_argument("--socket", required=True, help="Unix socket path to serve on")
+    parser.add_argument("--model-path", required=True, help="local model directory")
+    parser.add_argument("--name", default=None, help="model name clients use")
+    parser.add_argument("--options", default="{}", help="per-model options, as JSON")
+    parser.add_argument("--status-fd", type=int, default=None, help="pipe for status lines")
+    ns = parser.parse_args(argv)
+    options = json.loads(ns.options)
+    if not isinstance(options, dict):
+        parser.error("--options must be a JSON object")
+    return WorkerArgs(
+        kind=kind,
+        socket=ns.socket,
+        model_path=ns.model_path,
+        name=ns.name or Path(ns.model_path).name,
+        options=options,
+        status_fd=ns.status_fd,
+    )
+
+
+class StatusChannel:
+    """JSON lines to the router (or to stderr when run by hand without --status-fd)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._file = os.fdopen(fd, "w", buffering=1) if fd is not None else None
+        self._lock = threading.Lock()
+
+    def send(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields})
+        with self._lock:
+            if self._file is None:
+                print(f"[status] {line}", file=sys.stderr, flush=True)
+                return
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                pass
+
+    def ready(self, timings: dict[str, float] | None = None) -> None:
+        self.send("ready", pid=os.getpid(), memory=memory_report(), timings=timings or {})
+
+    def failed(self, error: str) -> None:
+        self.send("failed", error=error)
+
+
+def _set_parent_death_signal() -> None:
+    # Linux only: the kernel sends SIGKILL when the parent dies. macOS has no equivalent,
+    # so the stdin watcher below is the portable mechanism and this is a second line.
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def watch_parent(on_exit: Callable[[], None] | None = None) -> None:
+    """Exit as soon as the router's end of stdin closes (the router died or let us go)."""
+    _set_parent_death_signal()
+
+    def _watch() -> None:
+        try:
+            while True:
+                chunk = os.read(0, 4096)
+                if not chunk:
+                    break
+        except OSError:
+            pass
+        if on_exit is not None:
+            try:
+                on_exit()
+            except Exception:
+                pass
+        os._exit(0)
+
+    if os.isatty(0):  # started by hand from a terminal: nothing to watch
+        return
+    threading.Thread(target=_watch, name="parent-watch", daemon=True).start()
+
+
+def memory_report() -> dict[str, int]:
+    """What this worker holds: MLX active/cache memory where MLX is loaded, and process RSS."""
+    report: dict[str, int] = {"rss_bytes": _rss_bytes()}
+    mx = sys.modules.get("mlx.core")
+    if mx is not None:
+        for key, fn in (("mlx_active_bytes", "get_active_memory"), ("mlx_cache_bytes", "get_cache_memory"),
+                        ("mlx_peak_bytes", "get_peak_memory")):
+            getter = getattr(mx, fn, None)
+            if getter is not None:
+                try:
+                    report[key] = int(getter())
+                except Exception:
+                    pass
+    return report
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource  # macOS: ru_maxrss is in bytes there (peak, the best without psutil)
+
+        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(usage if sys.platform == "darwin" else usage * 1024)
+
+
+def unlink_stale_socket(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    """The OpenAI error shape."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def run_asgi_on_socket(app: Any, args: WorkerArgs, status: StatusChannel,
+                       timings: dict[str, float], graceful_timeout: float = 5.0) -> None:
+    """Serve an ASGI app on the worker's Unix socket; report ready once it accepts connections."""
+    import uvicorn
+
+    unlink_stale_socket(args.socket)
+    config = uvicorn.Config(app, uds=args.socket, log_level="warning", lifespan="off",
+                            timeout_graceful_shutdown=int(graceful_timeout), access_log=False,
+                            backlog=1024)
+    server = uvicorn.Server(config)
+
+    async def _report_when_started() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.002)
+        timings["total_s"] = time.monotonic() - STARTED_AT
+        status.ready(timings)
+
+    async def _main() -> None:
+        reporter = asyncio.create_task(_report_when_started())
+        await server.serve()
+        reporter.cancel()
+
+    try:
+        asyncio.run(_main())
+    finally:
+        unlink_stale_socket(args.socket)
+
+
+def fail_and_exit(status: StatusChannel, error: BaseException | str) -> None:
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    print(f"worker failed: {message}", file=sys.stderr, flush=True)
+    status.failed(message)
+    sys.stderr.flush()
+    os._exit(1)
