@@ -127,6 +127,10 @@ def _run_foreground(config: Config, pidfile: Path) -> None:
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     pidfile.write_text(json.dumps({"pid": os.getpid(), "host": config.server.host, "port": config.server.port,
                                    "config": str(config.source)}))
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handler
+    # that was there before; a no-op one makes a clean stop exit 0 (what service managers expect).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     try:
         uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=config.server.log_level,
                     timeout_graceful_shutdown=int(config.server.stop_timeout) or None, access_log=False,

@@ -284,7 +284,7 @@ def parse_config(data: Any, *, source: Path | None = None, overrides: Mapping[st
                           f"got {type(data).__name__}")
     for key in data:
         if key not in ("server", "models"):
-            problems.append(f"{where}: unknown top-level key {key!r}{_suggest(key, ('server', 'models'))}; "
+            problems.append(f"{where}: unknown top-level key {key!r}{_suggest(str(key), ('server', 'models'))}; "
                             f"the file has `server:` and `models:`")
 
     raw_server = data.get("server") or {}
@@ -349,7 +349,7 @@ def _check_section(raw: dict, keys: tuple[Key, ...], label: str, problems: list[
         if checked is not _INVALID:
             values[name] = checked
     for key in keys:
-        if key.name in values:
+        if key.name in values or key.name in raw:  # set (maybe invalid, already reported): not missing
             continue
         if key.required:
             problems.append(f"{label}: missing required key {key.name!r} (for example `{key.name}: {key.example}`)")

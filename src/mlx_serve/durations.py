@@ -13,6 +13,7 @@ FOREVER = math.inf
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")  # a bare number, one sign at most
 
 
 class DurationError(ValueError):
@@ -39,13 +40,11 @@ def parse_duration(value: object) -> float:
     if text[0] in "+-":
         sign = -1.0 if text[0] == "-" else 1.0
         text = text[1:]
-    try:  # a bare number in a string: seconds, as Ollama reads "300"
+    if _NUMBER.fullmatch(text):  # a bare number in a string: seconds, as Ollama reads "300"
         number = float(text)
-        if math.isnan(number) or math.isinf(number):
+        if math.isinf(number):  # "1e999"
             raise DurationError(f"expected a finite duration, got {value!r}")
         return sign * number
-    except ValueError:
-        pass
     pos, total = 0, 0.0
     for match in _PART.finditer(text):
         if match.start() != pos:

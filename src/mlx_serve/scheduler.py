@@ -338,7 +338,7 @@ class Scheduler:
     def _refusal(self, slot: ModelSlot, pinned: tuple[str, ...]) -> APIError:
         size, budget = format_size(slot.footprint), format_size(self.budget)
         if pinned:
-            held = ", ".join(f"{n} ({format_size(self.slots[n].footprint)})" for n in pinned)
+            held = ", ".join(f"{n!r} ({format_size(self.slots[n].footprint)})" for n in pinned)
             message = (f"model {slot.name!r} needs {size} but the memory budget is {budget} and the pinned "
                        f"model(s) {held} stay loaded (keep_alive -1); unload them with "
                        f"POST /api/unload or `mlx-serve unload NAME`")
