@@ -86,6 +86,7 @@ def create_app(config: Config, runtime: Runtime | None = None) -> Starlette:
         runtime.prepare()
         log.info("mlx-serve: %d models configured, memory budget %.2f GB, runtime dir %s",
                  len(config.models), budget / 1e9, runtime.runtime_dir)
+        scheduler.start_health_checks()
         preloads = scheduler.preload()
         try:
             yield {}

@@ -131,12 +131,30 @@ def _run_foreground(config: Config, pidfile: Path) -> None:
     # that was there before; a no-op one makes a clean stop exit 0 (what service managers expect).
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    server_config = uvicorn.Config(app, host=config.server.host, port=config.server.port,
+                                   log_level=config.server.log_level, access_log=False, backlog=2048,
+                                   timeout_graceful_shutdown=max(1, int(config.server.shutdown_grace)))
     try:
-        uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=config.server.log_level,
-                    timeout_graceful_shutdown=int(config.server.stop_timeout) or None, access_log=False,
-                    backlog=2048)
+        _phased_server()(server_config).run()
     finally:
         _remove_pidfile(pidfile, os.getpid())
+
+
+def _phased_server() -> type:
+    import uvicorn
+
+    class PhasedServer(uvicorn.Server):
+        """uvicorn, with one more phase at the start of a stop: queued requests fail with 503 at once.
+
+        Then uvicorn stops accepting, lets requests in flight finish within shutdown_grace, and the
+        app's lifespan stops the workers and removes the runtime directory.
+        """
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            self.config.app.state.scheduler.begin_shutdown()
+            await super().shutdown(sockets)
+
+    return PhasedServer
 
 
 def _start_detached(config: Config, config_path: Path, host: str | None, port: int | None,

@@ -165,6 +165,15 @@ SERVER_KEYS: tuple[Key, ...] = (
     Key("stop_timeout", _seconds, "10s", "Grace period after SIGTERM before a worker's process group is killed."),
     Key("request_timeout", _seconds, "600s",
         "Longest wait for a worker's first byte, and between two chunks of a stream."),
+    Key("shutdown_grace", _seconds, "30s",
+        "On stop, how long requests in flight may take to finish before workers are stopped."),
+    Key("restart_limit", _positive_int, 3,
+        "Failed starts or crashes of one model within restart_window before it is held back."),
+    Key("restart_window", _seconds, "60s", "The window in which restart_limit failures hold a model back."),
+    Key("restart_backoff", _seconds, "5s",
+        "First hold-back after restart_limit failures; it doubles with each further failure, up to 5 minutes."),
+    Key("health_interval", _seconds, "10s", "How often each ready worker is probed (0 disables the probe)."),
+    Key("health_timeout", _seconds, "5s", "A worker that does not answer its probe in this time is replaced."),
     Key("queue_size", _positive_int, 256, "Most requests that may wait for a model to load or for memory."),
     Key("queue_timeout", _seconds, "300s",
         "Longest a request waits for its model (load, memory, other models draining) before a 503."),
@@ -223,6 +232,12 @@ class ServerConfig:
     start_timeout: float = 120.0
     stop_timeout: float = 10.0
     request_timeout: float = 600.0
+    shutdown_grace: float = 30.0
+    restart_limit: int = 3
+    restart_window: float = 60.0
+    restart_backoff: float = 5.0
+    health_interval: float = 10.0
+    health_timeout: float = 5.0
     queue_size: int = 256
     queue_timeout: float = 300.0
     min_residency: float = 2.0

@@ -92,3 +92,21 @@ def drain_candidates(residents: Sequence[Resident], size: int, budget: int,
         chosen.append(r.name)
         free += r.size
     return tuple(chosen) if free >= size else ()
+
+
+BACKOFF_CAP = 300.0
+
+
+def held_back_until(failures: Sequence[float], now: float, limit: int, window: float, base: float,
+                    cap: float = BACKOFF_CAP) -> float | None:
+    """When a model that keeps failing may be started again, or None if it may start now.
+
+    ``failures`` are the times of its failed starts and crashes. Fewer than ``limit`` of them within
+    ``window`` seconds: no hold-back. Otherwise the hold-back starts at ``base`` seconds after the
+    last failure and doubles with each further failure in the window, up to ``cap``.
+    """
+    recent = sorted(t for t in failures if now - t <= window)
+    if len(recent) < limit:
+        return None
+    until = recent[-1] + min(cap, base * 2 ** (len(recent) - limit))
+    return until if until > now else None

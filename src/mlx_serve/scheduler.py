@@ -25,11 +25,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from mlx_serve.config import Config, ModelConfig
 from mlx_serve.durations import FOREVER, format_duration, format_size
 from mlx_serve.errors import APIError, unavailable
 from mlx_serve.memory import FootprintStore, expected_footprint
-from mlx_serve.policy import Action, Resident, drain_candidates, plan_admission
+from mlx_serve.policy import Action, Resident, drain_candidates, held_back_until, plan_admission
 from mlx_serve.runtime import Runtime, worker_environment
 from mlx_serve.state import WorkerState
 from mlx_serve.worker import LaunchSpec, Worker, WorkerStartError
@@ -57,7 +59,8 @@ class ModelSlot:
     stop_task: asyncio.Task[None] | None = None
     expiry: asyncio.TimerHandle | None = None
     loads: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)
+    failures: list[float] = field(default_factory=list)  # times of failed starts and crashes
+    last_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -98,6 +101,7 @@ class Scheduler:
         self._pending_loads: list[ModelSlot] = []  # loads waiting for memory, first come first served
         self._waiting_total = 0
         self._closing = False
+        self._health_task: asyncio.Task[None] | None = None
 
     # -- the public contract -------------------------------------------------------------------
 
@@ -142,20 +146,18 @@ class Scheduler:
                 if self._closing:
                     raise unavailable("the server is shutting down", retry_after=5, code="shutting_down")
                 if slot.worker is None and slot.load_task is None and slot.stop_task is None:
+                    self._check_backoff(slot)
                     slot.load_task = asyncio.create_task(self._load(slot), name=f"load-{name}")
+                task = slot.load_task
                 remaining = deadline - self.clock()
                 if remaining <= 0:
                     raise self._timeout_error(slot)
-                if slot.load_task is not None:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(slot.load_task), timeout=remaining)
-                    except asyncio.TimeoutError:
-                        raise self._timeout_error(slot) from None
-                else:
-                    try:
-                        await self._wait_for_change(remaining)
-                    except asyncio.TimeoutError:
-                        raise self._timeout_error(slot) from None
+                try:
+                    await self._wait_for_change(remaining)
+                except asyncio.TimeoutError:
+                    raise self._timeout_error(slot) from None
+                if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+                    raise _copy(task.exception())  # every request that joined this load gets its error
         finally:
             slot.waiting -= 1
             self._waiting_total -= 1
@@ -177,17 +179,48 @@ class Scheduler:
         await asyncio.gather(*(self._unload_when_idle(s) for s in targets))
         return [s.name for s in targets]
 
-    async def shutdown(self) -> None:
-        """Stop every worker (the router is going away)."""
+    def begin_shutdown(self) -> None:
+        """First phase of a stop: queued requests fail with 503 now; requests in flight go on."""
         self._closing = True
-        self._notify()
         for slot in self.slots.values():
             if slot.load_task is not None:
                 slot.load_task.cancel()
+        self._notify()
+
+    async def shutdown(self) -> None:
+        """Last phase of a stop: stop every worker (the router is going away)."""
+        self.begin_shutdown()
+        if self._health_task is not None:
+            self._health_task.cancel()
         await asyncio.gather(*(self._stop(s, "shutdown") for s in self.slots.values() if s.holds_memory),
                              return_exceptions=True)
         for slot in self.slots.values():
             self._cancel_expiry(slot)
+
+    def start_health_checks(self) -> None:
+        if self.server.health_interval > 0 and self._health_task is None:
+            self._health_task = asyncio.create_task(self._probe_forever(), name="health-probe")
+
+    async def _probe_forever(self) -> None:
+        """Liveness: a ready worker that does not answer GET /health in time is killed and replaced."""
+        while True:
+            await asyncio.sleep(self.server.health_interval)
+            workers = [s.worker for s in self.slots.values()
+                       if s.worker is not None and s.worker.state is WorkerState.READY]
+            await asyncio.gather(*(self._probe(w) for w in workers), return_exceptions=True)
+
+    async def _probe(self, worker: Worker) -> None:
+        try:
+            response = await worker.client.get("/health", timeout=self.server.health_timeout)
+            if response.status_code == 200:
+                return
+            reason = f"answered its health probe with HTTP {response.status_code}"
+        except Exception as e:  # timeouts, resets: all mean it cannot serve
+            if worker.state is not WorkerState.READY:
+                return
+            reason = (f"did not answer its health probe within {self.server.health_timeout:g}s"
+                      if isinstance(e, httpx.TimeoutException) else f"failed its health probe ({type(e).__name__})")
+        await worker.abort(reason)
 
     def preload(self) -> list[asyncio.Task[Worker]]:
         return [asyncio.create_task(self.load(s.name), name=f"preload-{s.name}")
@@ -250,6 +283,7 @@ class Scheduler:
                 await worker.start()
             except WorkerStartError as e:
                 slot.worker = None
+                self._record_failure(slot, e.reason)
                 self._emit("load_failed", slot, error=e.reason)
                 raise APIError(502, str(e), code="worker_start_failed") from None
             except BaseException:
@@ -435,8 +469,30 @@ class Scheduler:
         slot.worker = None  # its memory is free in our books at once
         slot.draining = False
         self._cancel_expiry(slot)
+        self._record_failure(slot, f"worker crashed: {worker.exit_reason()}")
         self._emit("crash", slot, pid=worker.pid, reason=worker.exit_reason(), log_tail=worker.log_tail(5))
         self._notify()
+
+    def _record_failure(self, slot: ModelSlot, error: str) -> None:
+        now = self.clock()
+        slot.failures = [t for t in slot.failures if now - t <= self.server.restart_window] + [now]
+        slot.last_error = error
+        until = self._held_until(slot, now)
+        if until is not None:
+            self._emit("backoff", slot, reason=error, retry_in_s=round(until - now, 2),
+                       failures=len(slot.failures))
+
+    def _held_until(self, slot: ModelSlot, now: float) -> float | None:
+        s = self.server
+        return held_back_until(slot.failures, now, s.restart_limit, s.restart_window, s.restart_backoff)
+
+    def _check_backoff(self, slot: ModelSlot) -> None:
+        now = self.clock()
+        until = self._held_until(slot, now)
+        if until is not None:
+            raise unavailable(f"model {slot.name!r} is held back after {len(slot.failures)} failures in "
+                              f"{self.server.restart_window:g}s; next try in {until - now:.0f}s. "
+                              f"Last error: {slot.last_error}", retry_after=until - now, code="model_backoff")
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -465,6 +521,13 @@ class Scheduler:
         log.info("%s %s %s", kind, slot.name, " ".join(f"{k}={v}" for k, v in fields.items() if k != "log_tail"))
         if self._on_event is not None:
             self._on_event(kind, slot.name, **fields)
+
+
+def _copy(error: BaseException) -> BaseException:
+    if isinstance(error, APIError):
+        return APIError(error.status, error.message, param=error.param, code=error.code, type_=error.type,
+                        headers=dict(error.headers))
+    return error
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -76,6 +76,7 @@ class Worker:
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self.returncode: int | None = None
+        self._abort_reason: str | None = None
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -228,6 +229,15 @@ class Worker:
             client, self._client = self._client, None
             await client.aclose()
 
+    async def abort(self, reason: str) -> None:
+        """Kill a ready worker that stopped answering; it is then handled like a crash."""
+        if self._state is not WorkerState.READY or self._proc is None:
+            return
+        self._abort_reason = reason
+        log.error("worker %s (pid %s) %s; killing it", self.name, self.pid, reason)
+        self._signal_group(signal.SIGKILL)
+        await self._exited.wait()
+
     # -- watching ------------------------------------------------------------------------------
 
     async def _watch_exit(self) -> None:
@@ -248,6 +258,8 @@ class Worker:
         rc = self.returncode
         if rc is None:
             return None
+        if self._abort_reason:
+            return f"{self._abort_reason}, so the router killed it"
         if rc < 0:
             try:
                 return f"killed by {signal.Signals(-rc).name}"
