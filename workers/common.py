@@ -46,6 +46,32 @@ def hide_torch() -> None:
         return
     for name in ("torch", "torchvision", "torchaudio"):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+    _tolerate_hidden_torch_in_scipy()
+
+
+def _tolerate_hidden_torch_in_scipy() -> None:
+    """Let scipy work while torch is hidden.
+
+    scipy's vendored array-api-compat looks modules up with ``sys.modules[name]`` and then
+    ``getattr(module, "Tensor")``, which raises on the None that hides torch: ``import
+    scipy.stats`` (pulled in by ``scipy.signal``, which mlx-audio and mlx-whisper import) fails.
+    Treat a hidden module like an absent one. Nothing happens where scipy is not installed.
+    """
+    try:
+        from scipy._lib.array_api_compat.common import _helpers
+    except Exception:  # no scipy, or a layout this patch does not know: nothing to do
+        return
+    original = getattr(_helpers, "_issubclass_fast", None)
+    if original is None or getattr(original, "_mlx_serve_patched", False):
+        return
+
+    def _issubclass_fast(cls: type, modname: str, clsname: str) -> bool:
+        if modname in sys.modules and sys.modules[modname] is None:
+            return False
+        return original(cls, modname, clsname)
+
+    _issubclass_fast._mlx_serve_patched = True  # type: ignore[attr-defined]
+    _helpers._issubclass_fast = _issubclass_fast
 
 
 @dataclass
