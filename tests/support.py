@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,7 @@ def run_worker(kind: str, model_path: str | Path, options: dict[str, Any] | None
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(rundir, ignore_errors=True)
 
 
 def free_port() -> int:
