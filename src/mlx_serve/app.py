@@ -64,8 +64,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: f"no route {request.method} {request.url.path}",
                405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
-    return JSONResponse(error_body(message, "invalid_request_error", None, "not_found" if exc.status_code == 404
-                                   else None), status_code=exc.status_code)
+    # The type follows the status like every other error (404: not_found_error); 405 keeps its Allow header.
+    return APIError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None,
+                    headers=dict(exc.headers or {})).response()
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -86,7 +87,7 @@ def create_app(config: Config, runtime: Runtime | None = None) -> Starlette:
         runtime.prepare()
         log.info("mlx-serve: %d models configured, memory budget %.2f GB, runtime dir %s",
                  len(config.models), budget / 1e9, runtime.runtime_dir)
-        scheduler.start_health_checks()
+        scheduler.start_background()
         preloads = scheduler.preload()
         try:
             yield {}

@@ -131,6 +131,16 @@ def _options(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _kinds(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of model types such as [text, embedding], got {_show(value)}")
+    for v in value:
+        _model_type(v)
+    return tuple(dict.fromkeys(value))
+
+
 def _log_level(value: Any) -> str:
     levels = ("debug", "info", "warning", "error")
     if not isinstance(value, str) or value.lower() not in levels:
@@ -181,6 +191,9 @@ SERVER_KEYS: tuple[Key, ...] = (
         "While other models wait for memory, a model with demand stays loaded at least this long "
         "before it is drained, so alternating clients do not thrash the models."),
     Key("max_body_bytes", _size, "64MB", "Largest request body accepted (413 above it)."),
+    Key("spare_workers", _kinds, [],
+        "Model types that keep one warm spare worker (imports done, waiting for a model), so that a "
+        "load of that type costs only the weight load. Each spare counts against memory_budget."),
     Key("fast_blas", _bool, True,
         "Linux: preload OpenBLAS into workers when it is installed (MLX's CPU build links a slow reference BLAS)."),
     Key("log_level", _log_level, "info", "Router log level: debug, info, warning or error.",
@@ -242,6 +255,7 @@ class ServerConfig:
     queue_timeout: float = 300.0
     min_residency: float = 2.0
     max_body_bytes: int = 64 * 1000**2
+    spare_workers: tuple[str, ...] = ()
     fast_blas: bool = True
     log_level: str = "info"
 

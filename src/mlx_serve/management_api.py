@@ -35,7 +35,9 @@ class ManagementHandlers:
 
     async def ps(self, request: Request) -> Response:
         s = self.scheduler
-        return JSONResponse({"models": s.snapshot(), "memory": {"budget": s.budget, "used": s.used_bytes()}})
+        spares = [{"type": kind, "pid": spare.proc.pid} for kind, spare in s.spares.ready().items()]
+        return JSONResponse({"models": s.snapshot(), "memory": {"budget": s.budget, "used": s.used_bytes()},
+                             "spares": spares})
 
     async def load(self, request: Request) -> Response:
         body = await self._body(request)

@@ -30,9 +30,10 @@ import httpx
 from mlx_serve.config import Config, ModelConfig
 from mlx_serve.durations import FOREVER, format_duration, format_size
 from mlx_serve.errors import APIError, unavailable
-from mlx_serve.memory import FootprintStore, expected_footprint
+from mlx_serve.memory import WORKER_BASELINE, FootprintStore, expected_footprint
 from mlx_serve.policy import Action, Resident, drain_candidates, held_back_until, plan_admission
 from mlx_serve.runtime import Runtime, worker_environment
+from mlx_serve.spares import SparePool
 from mlx_serve.state import WorkerState
 from mlx_serve.worker import LaunchSpec, Worker, WorkerStartError
 
@@ -102,6 +103,8 @@ class Scheduler:
         self._waiting_total = 0
         self._closing = False
         self._health_task: asyncio.Task[None] | None = None
+        self.spares = SparePool(config.server.spare_workers, self._env, runtime.log_dir,
+                                timeout=config.server.start_timeout)
 
     # -- the public contract -------------------------------------------------------------------
 
@@ -193,13 +196,24 @@ class Scheduler:
         if self._health_task is not None:
             self._health_task.cancel()
         await asyncio.gather(*(self._stop(s, "shutdown") for s in self.slots.values() if s.holds_memory),
-                             return_exceptions=True)
+                             self.spares.close(), return_exceptions=True)
         for slot in self.slots.values():
             self._cancel_expiry(slot)
 
-    def start_health_checks(self) -> None:
+    def start_background(self) -> None:
+        """Liveness probes, and the spare workers models.yaml asks for."""
         if self.server.health_interval > 0 and self._health_task is None:
             self._health_task = asyncio.create_task(self._probe_forever(), name="health-probe")
+        for kind in self.spares.kinds:
+            self._refill_spare(kind)
+
+    def _refill_spare(self, kind: str) -> None:
+        """Start a spare of ``kind`` if it fits beside what is loaded without evicting anything."""
+        if self._closing or kind not in self.spares.kinds:
+            return
+        plan = plan_admission(self._residents(self.clock()), spare_size(kind), self.budget)
+        if plan.action is Action.LOAD and not plan.evict:
+            self.spares.refill(kind)
 
     async def _probe_forever(self) -> None:
         """Liveness: a ready worker that does not answer GET /health in time is killed and replaced."""
@@ -229,7 +243,8 @@ class Scheduler:
     # -- views ---------------------------------------------------------------------------------
 
     def used_bytes(self) -> int:
-        return sum(s.footprint for s in self.slots.values() if s.holds_memory)
+        spares = sum(spare_size(kind) for kind in (*self.spares.ready(), *self.spares.starting()))
+        return sum(s.footprint for s in self.slots.values() if s.holds_memory) + spares
 
     def state_of(self, name: str) -> str:
         slot = self.slots[name]
@@ -278,9 +293,10 @@ class Scheduler:
             await self._admit(slot)
             worker = Worker(self._launch_spec(slot), on_unexpected_exit=self._on_worker_exit)
             slot.worker = worker  # reserves its footprint in the books from now on
-            self._emit("load", slot, reason="requested")
+            spare = self.spares.take(slot.config.type)
+            self._emit("load", slot, reason="requested", spare=spare.proc.pid if spare else None)
             try:
-                await worker.start()
+                await worker.start(spare)
             except WorkerStartError as e:
                 slot.worker = None
                 self._record_failure(slot, e.reason)
@@ -290,6 +306,8 @@ class Scheduler:
                 slot.worker = None
                 raise
             slot.loads += 1
+            if spare is not None:
+                self._refill_spare(slot.config.type)
             measured = worker.memory_bytes
             if measured and slot.config.memory is None:
                 slot.footprint = measured
@@ -311,7 +329,8 @@ class Scheduler:
                 if self._closing:
                     raise unavailable("the server is shutting down", retry_after=5, code="shutting_down")
                 now = self.clock()
-                residents = self._residents(now)
+                # A spare of this model's kind becomes the model: its memory is not extra.
+                residents = [r for r in self._residents(now) if r.name != f"spare:{slot.config.type}"]
                 plan = plan_admission(residents, slot.footprint, self.budget)
                 if plan.action is Action.REFUSE:
                     raise self._refusal(slot, plan.blocking)
@@ -319,10 +338,14 @@ class Scheduler:
                 if plan.action is Action.LOAD and at_head:
                     if not plan.evict:
                         return
-                    victims = [self.slots[n] for n in plan.evict]
+                    for name in plan.evict:
+                        if name.startswith("spare:"):
+                            self.spares.evict(name.split(":", 1)[1])
+                    victims = [self.slots[n] for n in plan.evict if not n.startswith("spare:")]
                     for victim in victims:
                         self._emit("evict", victim, reason=f"make room for {slot.name}")
                     await asyncio.gather(*(self._stop(v, f"evicted for {slot.name}") for v in victims))
+                    await asyncio.sleep(0)
                     continue
                 wake_in = deadline - now
                 if wake_in <= 0:
@@ -367,6 +390,12 @@ class Scheduler:
                 name=s.name, size=s.footprint, busy=busy, pinned=s.keep_alive == FOREVER,
                 expires_at=s.expires_at if s.expires_at is not None else now + s.keep_alive,
                 last_used=s.last_used))
+        # Spares go first when room is needed (they hold no model); one still starting waits.
+        for kind in self.spares.ready():
+            residents.append(Resident(name=f"spare:{kind}", size=spare_size(kind), expires_at=-math.inf,
+                                      last_used=-math.inf))
+        for kind in self.spares.starting():
+            residents.append(Resident(name=f"spare:{kind}", size=spare_size(kind), busy=True))
         return residents
 
     def _refusal(self, slot: ModelSlot, pinned: tuple[str, ...]) -> APIError:
@@ -521,6 +550,11 @@ class Scheduler:
         log.info("%s %s %s", kind, slot.name, " ".join(f"{k}={v}" for k, v in fields.items() if k != "log_tail"))
         if self._on_event is not None:
             self._on_event(kind, slot.name, **fields)
+
+
+def spare_size(kind: str) -> int:
+    """What a spare worker holds: the baseline of a worker of its kind, with no weights."""
+    return WORKER_BASELINE.get(kind, 150 * 1000**2)
 
 
 def _copy(error: BaseException) -> BaseException:

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from mlx_serve.config import ModelConfig
+from mlx_serve.spares import Spare, open_status_reader
 from mlx_serve.state import WorkerState, check_transition
 
 log = logging.getLogger("mlx_serve.worker")
@@ -112,43 +113,44 @@ class Worker:
 
     # -- start ---------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Spawn the worker and return once its model is loaded and it answers; raise WorkerStartError if not."""
+    async def start(self, spare: Spare | None = None) -> None:
+        """Start the worker (in a fresh process, or in ``spare``) and return once its model is loaded
+        and it answers; raise WorkerStartError if not."""
         self._set_state(WorkerState.STARTING)
         self.started_at = time.monotonic()
         spec = self.spec
         with contextlib.suppress(FileNotFoundError):
             spec.socket_path.unlink()
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        read_fd, write_fd = os.pipe()
+        with open(spec.log_path, "ab") as log_file:
+            how = f"in spare pid {spare.proc.pid}" if spare else "in a new process"
+            log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name} "
+                           f"({spec.model.type}) from {spec.model_path} {how} ===\n".encode())
         try:
-            with open(spec.log_path, "ab") as log_file:
-                log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name} "
-                               f"({spec.model.type}) from {spec.model_path} ===\n".encode())
-                log_file.flush()
-                self._proc = await asyncio.create_subprocess_exec(
-                    *spec.command(write_fd), stdin=asyncio.subprocess.PIPE, stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT, pass_fds=(write_fd,), env=spec.env,
-                    start_new_session=True)  # its own process group, so a stop reaches its children too
+            if spare is not None:
+                reader, transport = self._adopt(spare)
+            else:
+                reader, transport = await self._spawn()
         except OSError as e:
-            os.close(read_fd)
             self._set_state(WorkerState.FAILED)
             self._set_state(WorkerState.STOPPED)
-            raise WorkerStartError(self.name, f"could not run {sys.executable}: {e}", "") from e
-        finally:
-            os.close(write_fd)
+            raise WorkerStartError(self.name, f"could not start the worker: {e}", "") from e
         self._exit_task = asyncio.create_task(self._watch_exit(), name=f"watch-{self.name}")
         try:
-            event = await asyncio.wait_for(self._read_ready(read_fd), timeout=spec.start_timeout)
+            event = await asyncio.wait_for(self._read_ready(reader), timeout=spec.start_timeout)
         except asyncio.TimeoutError:
             await self._fail_start(f"not ready after {spec.start_timeout:g}s (start_timeout)")
         except asyncio.CancelledError:
             await self._fail_start("start cancelled")
             raise
+        finally:
+            transport.close()
         if event.get("event") != "ready":
             reason = event.get("error") or self._exit_reason() or "exited during start"
             await self._fail_start(reason)
         self.ready_info = event
+        if spare is not None:
+            self.ready_info.setdefault("timings", {})["spare_import_s"] = spare.import_s
         self.ready_at = time.monotonic()
         if self._state is WorkerState.STARTING:  # a crash right after "ready" already moved it on
             self._set_state(WorkerState.READY)
@@ -156,25 +158,44 @@ class Worker:
         else:
             raise WorkerStartError(self.name, self._exit_reason() or "exited right after start", self.log_tail())
 
-    async def _read_ready(self, read_fd: int) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                    os.fdopen(read_fd, "rb"))
+    async def _spawn(self) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+        spec = self.spec
+        read_fd, write_fd = os.pipe()
         try:
-            while True:
-                line = await reader.readline()
-                if not line:  # the pipe closed: the worker exited before saying ready
-                    await self._exited.wait()
-                    return {"event": "exited"}
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if event.get("event") in ("ready", "failed"):
-                    return event
+            with open(spec.log_path, "ab") as log_file:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *spec.command(write_fd), stdin=asyncio.subprocess.PIPE, stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT, pass_fds=(write_fd,), env=spec.env,
+                    start_new_session=True)  # its own process group, so a stop reaches its children too
+        except OSError:
+            os.close(read_fd)
+            raise
         finally:
-            transport.close()
+            os.close(write_fd)
+        return await open_status_reader(read_fd)
+
+    def _adopt(self, spare: Spare) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+        """Give a spare process this worker's model: one JSON line on its stdin."""
+        spec = self.spec
+        self._proc = spare.proc
+        assignment = {"socket": str(spec.socket_path), "model_path": spec.model_path, "name": self.name,
+                      "options": spec.model.options, "log_path": str(spec.log_path)}
+        assert spare.proc.stdin is not None
+        spare.proc.stdin.write((json.dumps(assignment) + "\n").encode())
+        return spare.reader, spare.transport
+
+    async def _read_ready(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        while True:
+            line = await reader.readline()
+            if not line:  # the pipe closed: the worker exited before saying ready
+                await self._exited.wait()
+                return {"event": "exited"}
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") in ("ready", "failed"):
+                return event
 
     async def _fail_start(self, reason: str) -> None:
         if self._state is WorkerState.STARTING:
