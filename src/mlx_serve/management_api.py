@@ -37,7 +37,7 @@ class ManagementHandlers:
         s = self.scheduler
         spares = [{"type": kind, "pid": spare.proc.pid} for kind, spare in s.spares.ready().items()]
         return JSONResponse({"models": s.snapshot(), "memory": {"budget": s.budget, "used": s.used_bytes()},
-                             "spares": spares})
+                             "spares": spares, "queue": s.queue_snapshot()})
 
     async def load(self, request: Request) -> Response:
         body = await self._body(request)

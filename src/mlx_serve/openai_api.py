@@ -62,6 +62,24 @@ def _speech(body: dict[str, Any], model: ModelConfig) -> None:
         raise bad_request("'input' must be a non-empty string: the text to speak", param="input")
 
 
+def _rerank(body: dict[str, Any], model: ModelConfig) -> None:
+    # The shape only: the worker checks the limits (max_documents, tokens per document).
+    query = body.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise bad_request("'query' must be a non-empty string: the text to rank the documents for", param="query")
+    documents = body.get("documents")
+    if not isinstance(documents, list) or not documents:
+        raise bad_request("'documents' must be a non-empty list of strings or {\"text\": ...} objects",
+                          param="documents")
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, str) and not (isinstance(doc, dict) and isinstance(doc.get("text"), str)):
+            raise bad_request(f"documents[{i}] must be a string or an object with a string 'text'",
+                              param="documents")
+    top_n = body.get("top_n")
+    if top_n is not None and (not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1):
+        raise bad_request(f"'top_n' must be a positive integer, got {top_n!r}", param="top_n")
+
+
 ENDPOINTS = (
     Endpoint("/v1/chat/completions", ("text", "vision"), _chat),
     Endpoint("/v1/completions", ("text",), _completion),
@@ -69,6 +87,8 @@ ENDPOINTS = (
     Endpoint("/v1/audio/speech", ("tts",), _speech),
     Endpoint("/v1/audio/transcriptions", ("stt",), multipart=True),
     Endpoint("/v1/audio/translations", ("stt",), multipart=True),
+    Endpoint("/v1/rerank", ("rerank",), _rerank),
+    Endpoint("/rerank", ("rerank",), _rerank),
 )
 
 
@@ -147,7 +167,8 @@ class OpenAIHandlers:
 
     def _model_card(self, model: ModelConfig) -> dict[str, Any]:
         return {"id": model.name, "object": "model", "created": int(_STARTED), "owned_by": "mlx-serve",
-                "type": model.type, "state": self.scheduler.state_of(model.name)}
+                "type": model.type, "state": self.scheduler.state_of(model.name),
+                "expected_memory": self.scheduler.expected_footprint(model.name)}
 
 
 _STARTED = time.time()

@@ -242,6 +242,14 @@ class Scheduler:
 
     # -- views ---------------------------------------------------------------------------------
 
+    def queue_snapshot(self) -> dict[str, Any]:
+        """Requests waiting for a model (to load, for memory, or for another model to drain)."""
+        by_model = {s.name: s.waiting for s in self.slots.values() if s.waiting}
+        return {"waiting": self._waiting_total, "limit": self.server.queue_size, "by_model": by_model}
+
+    def expected_footprint(self, name: str) -> int:
+        return self.slots[name].footprint
+
     def used_bytes(self) -> int:
         spares = sum(spare_size(kind) for kind in (*self.spares.ready(), *self.spares.starting()))
         return sum(s.footprint for s in self.slots.values() if s.holds_memory) + spares
