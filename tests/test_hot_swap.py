@@ -174,3 +174,16 @@ def test_streaming_model_is_not_stopped_for_another(tmp_path: Path, demo_model: 
         assert other["response"].status_code == 200
         assert other["at"] >= stream_done - 0.05
         assert not any('"error"' in line for line in lines)
+
+
+def test_loads_of_models_that_fit_together_run_at_the_same_time(tmp_path: Path, demo_model: Any) -> None:
+    path = demo_model("demo-chat")["path"]
+    with Router(tmp_path, _models(path, ["a", "b"]), {"memory_budget": "2.5GB"}) as router:
+        with router.client() as c, ThreadPoolExecutor(2) as pool:
+            statuses = list(pool.map(lambda m: _chat(c, m).status_code, ["a", "b"]))
+        assert statuses == [200, 200]
+        with router.client() as c:
+            events = c.get("/api/events").json()["events"]
+        order = [(e["event"], e["model"]) for e in events if e["event"] in ("load", "ready")]
+        # both loads began before either finished: they overlapped
+        assert [kind for kind, _ in order[:2]] == ["load", "load"], order
