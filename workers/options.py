@@ -87,7 +87,22 @@ STT: Table = {
     "decode_timeout": (float, 120.0, "seconds allowed to ffmpeg for decoding one upload"),
 }
 
-OPTIONS: dict[str, Table] = {"text": TEXT, "vision": VISION, "embedding": EMBEDDING, "tts": TTS, "stt": STT}
+RERANK: Table = {
+    "instruction": (str, "Given a web search query, retrieve relevant passages that answer the query",
+                    "the <Instruct> line of the prompt when a request sends no `instruction`"),
+    "max_documents": (int, 1000, "most documents in one request (400 beyond)"),
+    "max_tokens_per_document": (int, None, "most tokens per document (400 beyond, or cut with `truncate`); "
+                                           "default: 4096, or the model's max_position_embeddings if smaller"),
+    "truncate": (bool, False, "cut documents longer than max_tokens_per_document instead of answering 400 "
+                              "(a request's `truncate` field overrides it)"),
+    "batch_size": (int, 16, "most query-document pairs in one forward pass; 1 disables batching"),
+    "max_batch_tokens": (int, 16384, "most padded tokens (pairs x longest) in one forward pass"),
+    "yes_token": (str, "yes", "the answer token whose probability is the relevance score"),
+    "no_token": (str, "no", "the other answer token (score = softmax over the yes and no logits)"),
+}
+
+OPTIONS: dict[str, Table] = {"text": TEXT, "vision": VISION, "embedding": EMBEDDING, "tts": TTS, "stt": STT,
+                             "rerank": RERANK}
 
 
 def check_options(kind: str, options: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ import yaml
 
 from mlx_serve.durations import DurationError, parse_budget, parse_duration, parse_keep_alive, parse_size
 
-MODEL_TYPES = ("text", "vision", "embedding", "tts", "stt")
+MODEL_TYPES = ("text", "vision", "embedding", "tts", "stt", "rerank")
 DEFAULT_CONFIG_NAME = "models.yaml"
 
 

@@ -28,6 +28,7 @@ WORKER_BASELINE = {
     "embedding": 150 * 1000**2,
     "tts": 200 * 1000**2,
     "stt": 200 * 1000**2,
+    "rerank": 130 * 1000**2,
 }
 # Activations, KV cache and MLX's buffer cache on top of the weights.
 WEIGHT_OVERHEAD = 1.2

@@ -15,4 +15,5 @@ DEMO_MODELS: dict[str, tuple[str, str, str]] = {
     "demo-embed": ("embedding", "embedding", "mlx_embeddings"),
     "demo-tts": ("tts", "tts", "mlx_audio"),
     "demo-stt": ("stt", "stt", "mlx_whisper"),
+    "demo-rerank": ("rerank", "rerank", "mlx_lm"),
 }

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _extra(kind: str) -> str:
-    return {"embedding": "embeddings"}.get(kind, kind)
+    return {"embedding": "embeddings", "rerank": "text"}.get(kind, kind)
 
 
 if __name__ == "__main__":

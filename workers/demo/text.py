@@ -43,7 +43,7 @@ CORPUS = [
 ]
 
 
-def _build_tokenizer(out: Path) -> object:
+def _build_tokenizer(out: Path, corpus: list[str] = CORPUS) -> object:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -54,7 +54,7 @@ def _build_tokenizer(out: Path) -> object:
     trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    tok.train_from_iterator(corpus * 20, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>",
                                    additional_special_tokens=SPECIAL_TOKENS[1:2])
