@@ -343,6 +343,12 @@ def make_handler_class(lm: ModuleType, served_name: str, vocab_size: int | None,
             if max_tokens_cap is not None and self.max_tokens > max_tokens_cap:
                 self.max_tokens = max_tokens_cap
             _check_stop(self.body.get("stop"))
+            if self.stream_options is not None:
+                # The engine reads stream_options["include_usage"] after the last token: a missing
+                # key (OpenAI makes it optional) or a non-object would cut the stream short.
+                if not isinstance(self.stream_options, dict):
+                    raise ValueError("stream_options must be an object such as {\"include_usage\": true}")
+                self.stream_options = {"include_usage": False, **self.stream_options}
             # Out-of-range ids wrap around on CPU and are undefined behaviour on a GPU.
             if self.logit_bias and vocab_size and not all(0 <= t < vocab_size for t in self.logit_bias):
                 raise ValueError(f"logit_bias token ids must be in [0, {vocab_size})")
@@ -421,6 +427,15 @@ def make_generator_class(lm: ModuleType) -> type:
             except BaseException as exc:
                 self.error = exc  # the stock thread only logs it; start failures quote it
                 raise
+
+        def _tokenize(self, tokenizer: Any, request: Any, args: Any) -> Any:
+            # An empty prompt ("" with a tokenizer that adds no BOS) makes the batch generator raise
+            # inside the generation thread, which kills the worker. Raised here, it fails only this
+            # request: the engine hands tokenize errors to the request's queue (a 400).
+            result = super()._tokenize(tokenizer, request, args)
+            if len(result[0]) == 0:
+                raise ValueError("the prompt is empty (it has no tokens): send some text")
+            return result
 
     return Generator
 

@@ -11,6 +11,10 @@ import re
 FOREVER = math.inf
 """A keep_alive of FOREVER pins the model: it stays loaded until explicitly unloaded."""
 
+MAX_KEEP_ALIVE = (2**63 - 1) / 1e9
+"""The longest finite keep_alive, Go's (and so Ollama's) longest duration. Longer ones are refused:
+an expiry thousands of years ahead is past what dates can express, and /api/ps shows the date."""
+
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
 _NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")  # a bare number, one sign at most
@@ -28,9 +32,13 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool) or value is None:
         raise DurationError(f"expected a number of seconds or a duration like '10m', got {value!r}")
     if isinstance(value, (int, float)):
-        if math.isnan(value) or math.isinf(value):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float (JSON allows 10**400)
+            raise DurationError("expected a finite duration, got a number too large to use") from None
+        if math.isnan(seconds) or math.isinf(seconds):
             raise DurationError(f"expected a finite duration, got {value!r}")
-        return float(value)
+        return seconds
     if not isinstance(value, str):
         raise DurationError(f"expected a number of seconds or a duration like '10m', got {value!r}")
     text = value.strip()
@@ -53,6 +61,8 @@ def parse_duration(value: object) -> float:
         pos = match.end()
     if pos != len(text) or pos == 0:
         raise DurationError(f"invalid duration {value!r}: use seconds (300) or units like '30s', '10m', '1h30m'")
+    if math.isinf(total):  # "1000…000s" with hundreds of digits
+        raise DurationError(f"expected a finite duration, got {value!r}")
     return sign * total
 
 
@@ -62,6 +72,9 @@ def parse_keep_alive(value: object) -> float:
     A negative value means forever (:data:`FOREVER`); ``0`` means unload as soon as idle.
     """
     seconds = parse_duration(value)
+    if seconds > MAX_KEEP_ALIVE:
+        raise DurationError(f"{value!r} is longer than the longest keep_alive ({MAX_KEEP_ALIVE / 3600:.0f}h, "
+                            f"about 292 years); use -1 to keep the model loaded until it is unloaded")
     return FOREVER if seconds < 0 else seconds
 
 

@@ -57,6 +57,9 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad_request(f"the request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:  # json's decoder recurses once per nesting level: [[[[... is not a 500
+        raise bad_request("the request body is nested too deeply; send a JSON object of ordinary depth",
+                          code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request(f"the request body must be a JSON object, got a JSON {type(body).__name__}",
                           code="invalid_json")
@@ -126,6 +129,11 @@ def check_generation(body: dict[str, Any]) -> None:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise bad_request(f"'stream' must be true or false, got {stream!r}", param="stream", code="invalid_type")
+    stream_options = body.get("stream_options")  # the engines index it: a non-object breaks the stream mid-way
+    if stream_options is not None and not (isinstance(stream_options, dict) and
+                                           isinstance(stream_options.get("include_usage", False), bool)):
+        raise bad_request("'stream_options' must be an object such as {\"include_usage\": true}",
+                          param="stream_options", code="invalid_type")
     stop = body.get("stop")
     if stop is not None and not (isinstance(stop, str) or
                                  (isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
