@@ -65,7 +65,8 @@ from mlx_serve_workers.common import (
     run_asgi_on_socket,
     watch_parent,
 )
-from mlx_serve_workers.embedding import Batcher, RequestError
+from mlx_serve_workers.batching import Batcher
+from mlx_serve_workers.embedding import RequestError
 
 KIND = "rerank"
 
@@ -487,7 +488,7 @@ def serve(args: WorkerArgs, status: StatusChannel) -> None:
         reranker = Reranker(model_dir, config, options)
         # max_batch_size may only shrink after the load (when batching proves inexact), which the
         # Batcher reads on every pass.
-        batcher = Batcher(reranker.score, options["batch_size"], 0.0, options["max_batch_tokens"])
+        batcher = Batcher(reranker.score, options["batch_size"], 0.0, options["max_batch_tokens"], label="scoring")
         batcher.start(setup=reranker.load).wait()
         if batcher.error is not None:
             raise batcher.error

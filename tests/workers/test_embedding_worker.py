@@ -19,7 +19,8 @@ import pytest
 
 from support import run_worker
 
-from mlx_serve_workers.embedding import Batcher, RequestError, parse_embedding_request
+from mlx_serve_workers.batching import Batcher
+from mlx_serve_workers.embedding import RequestError, parse_embedding_request
 
 HIDDEN = 32          # the demo model's hidden size
 MAX_POSITIONS = 128  # its max_position_embeddings, the default max_tokens_per_input
