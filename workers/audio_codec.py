@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlx_serve_workers.options import OPTIONS, resolve
+
 
 class AudioError(ValueError):
     """Client-side audio problem (undecodable, unsupported, too long): answer 400 with the message."""
@@ -349,30 +351,10 @@ class ClientError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-def resolve_options(kind: str, table: dict[str, tuple[type, object, str]], raw: dict) -> dict:
-    """Options with defaults filled in; an unknown key or a wrong type raises ValueError naming it.
-
-    A default of None means "unset" and is accepted as a value too.
-    """
-    unknown = sorted(set(raw) - set(table))
-    if unknown:
-        raise ValueError(f"unknown option(s) for the {kind} worker: {', '.join(unknown)} "
-                         f"(known: {', '.join(table)})")
-    options: dict = {}
-    for key, (type_, default, _doc) in table.items():
-        value = raw.get(key, default)
-        if value is None and default is None:
-            options[key] = None
-            continue
-        if type_ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, type_) or (type_ is not bool and isinstance(value, bool)):
-            raise ValueError(f"option {key!r} of the {kind} worker must be of type {type_.__name__}, "
-                             f"got {value!r}")
-        if type_ in (int, float) and value <= 0:
-            raise ValueError(f"option {key!r} of the {kind} worker must be positive, got {value!r}")
-        options[key] = value
-    return options
+def resolve_options(kind: str, raw: dict) -> dict:
+    """Options with defaults filled in; an unknown key, a wrong type or a number <= 0 raises ValueError."""
+    numbers = tuple(k for k, (t, _d, _doc) in OPTIONS[kind].items() if t in (int, float))
+    return resolve(kind, raw, positive=numbers)
 
 
 async def read_body(receive, limit: int, drain_limit: int = 256 * 1024 * 1024) -> bytes:

@@ -58,11 +58,11 @@ from mlx_serve_workers.common import (
     run_asgi_on_socket,
     watch_parent,
 )
+from mlx_serve_workers.options import EMBEDDING as OPTIONS, resolve
 
 KIND = "embedding"
 
 # option -> (type, default, description). None as a default means "derived from the model".
-from mlx_serve_workers.options import EMBEDDING as OPTIONS  # noqa: E402  (the shared table)
 
 POOLING_MODES = ("auto", "mean", "cls", "last", "pooler", "model")
 
@@ -72,37 +72,17 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model
                    "sentencepiece.bpe.model", "sentencepiece.model")
 
 
-
 # --------------------------------------------------------------------------------------------
 # Options and model-directory checks (no MLX needed)
 # --------------------------------------------------------------------------------------------
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     """Apply defaults and validate types and ranges; raise ValueError naming the bad key."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown option(s) for the embedding worker: {', '.join(unknown)} "
-                         f"(known: {', '.join(OPTIONS)})")
-    resolved: dict[str, Any] = {}
-    for key, (type_, default, _doc) in OPTIONS.items():
-        value = options.get(key, default)
-        if value is None and default is None:
-            resolved[key] = None
-            continue
-        # bool is an int subclass: `max_batch_size: true` must not pass as 1.
-        if type_ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, type_) or (type_ is not bool and isinstance(value, bool)):
-            raise ValueError(f"option {key!r} must be of type {type_.__name__}, got {value!r}")
-        resolved[key] = value
+    resolved = resolve("embedding", options, at_least={"max_batch_size": 1, "max_batch_tokens": 1, "max_inputs": 1,
+                                                       "max_tokens_per_input": 1, "batch_wait_ms": 0})
     if resolved["pooling"] not in POOLING_MODES:
         raise ValueError(f"option 'pooling' must be one of {', '.join(POOLING_MODES)}, "
                          f"got {resolved['pooling']!r}")
-    for key in ("max_batch_size", "max_batch_tokens", "max_inputs", "max_tokens_per_input"):
-        if resolved[key] is not None and resolved[key] < 1:
-            raise ValueError(f"option {key!r} must be at least 1, got {resolved[key]}")
-    if resolved["batch_wait_ms"] < 0:
-        raise ValueError(f"option 'batch_wait_ms' must be >= 0, got {resolved['batch_wait_ms']}")
     return resolved
 
 

@@ -131,3 +131,28 @@ def check_options(kind: str, options: dict[str, Any]) -> list[str]:
 
 def defaults(kind: str) -> dict[str, Any]:
     return {name: default for name, (_type, default, _doc) in OPTIONS.get(kind, {}).items()}
+
+
+def resolve(kind: str, raw: dict[str, Any], *, at_least: dict[str, float] | None = None,
+            positive: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A worker's options with defaults filled in; ValueError names an unknown key, a wrong type
+    or a value out of range (``at_least``: inclusive minimums; ``positive``: must be above 0).
+
+    A default of None means "unset" and is accepted as a value too.
+    """
+    problems = check_options(kind, raw)
+    if problems:
+        raise ValueError(problems[0])
+    resolved: dict[str, Any] = {}
+    for name, (expected, default, _doc) in OPTIONS[kind].items():
+        value = raw.get(name, default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        resolved[name] = value
+    for name, low in (at_least or {}).items():
+        if resolved[name] is not None and resolved[name] < low:
+            raise ValueError(f"option {name!r} of a {kind} model must be at least {low:g}, got {resolved[name]!r}")
+    for name in positive:
+        if resolved[name] is not None and resolved[name] <= 0:
+            raise ValueError(f"option {name!r} of a {kind} model must be above 0, got {resolved[name]!r}")
+    return resolved

@@ -67,11 +67,11 @@ from mlx_serve_workers.common import (
 )
 from mlx_serve_workers.batching import Batcher
 from mlx_serve_workers.embedding import RequestError
+from mlx_serve_workers.options import RERANK as OPTIONS, resolve
 
 KIND = "rerank"
 
 # option -> (type, default, description). None as a default means "derived from the model".
-from mlx_serve_workers.options import RERANK as OPTIONS  # noqa: E402  (the shared table)
 
 SYSTEM_PROMPT = ('Judge whether the Document meets the requirements based on the Query and the Instruct '
                  'provided. Note that the answer can only be "yes" or "no".')
@@ -92,23 +92,8 @@ BATCH_TOLERANCE = 1e-2    # on the scores
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     """Apply defaults and validate types and ranges; raise ValueError naming the bad key."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown option(s) for the rerank worker: {', '.join(unknown)} "
-                         f"(known: {', '.join(OPTIONS)})")
-    resolved: dict[str, Any] = {}
-    for key, (type_, default, _doc) in OPTIONS.items():
-        value = options.get(key, default)
-        if value is None and default is None:
-            resolved[key] = None
-            continue
-        # bool is an int subclass: `batch_size: true` must not pass as 1.
-        if not isinstance(value, type_) or (type_ is not bool and isinstance(value, bool)):
-            raise ValueError(f"option {key!r} must be of type {type_.__name__}, got {value!r}")
-        resolved[key] = value
-    for key in ("max_documents", "max_tokens_per_document", "batch_size", "max_batch_tokens"):
-        if resolved[key] is not None and resolved[key] < 1:
-            raise ValueError(f"option {key!r} must be at least 1, got {resolved[key]}")
+    resolved = resolve("rerank", options, at_least={"max_documents": 1, "max_tokens_per_document": 1,
+                                                    "batch_size": 1, "max_batch_tokens": 1})
     for key in ("instruction", "yes_token", "no_token"):
         if not resolved[key]:
             raise ValueError(f"option {key!r} must not be empty")

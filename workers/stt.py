@@ -54,7 +54,6 @@ from mlx_serve_workers.common import (
 )
 
 # option -> (type, default, description). Read by the router's config validation and docs.
-from mlx_serve_workers.options import STT as OPTIONS  # noqa: E402  (the shared table)
 
 TRANSCRIBE_PATHS = ("/v1/audio/transcriptions", "/audio/transcriptions")
 TRANSLATE_PATHS = ("/v1/audio/translations", "/audio/translations")
@@ -398,7 +397,7 @@ def main() -> None:
     watch_parent()
     timings: dict[str, float] = {}
     try:
-        options = resolve_options("stt", OPTIONS, args.options)
+        options = resolve_options("stt", args.options)
         # mlx-whisper never needs torch; its timing module imports scipy.signal, which needs
         # the patch once torch is hidden.
         hide_torch()

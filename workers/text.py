@@ -50,11 +50,10 @@ from mlx_serve_workers.common import (
     unlink_stale_socket,
     watch_parent,
 )
+from mlx_serve_workers.options import TEXT as OPTIONS, resolve
 
-# models.yaml ``options`` of a text model: name -> (type, default, description). The defaults
-# are mlx_lm.server's own; an option left out of models.yaml keeps mlx_lm.server's default.
-from mlx_serve_workers.options import TEXT as OPTIONS  # noqa: E402  (the shared table)
-
+# The options table (workers/options.py) uses mlx_lm.server's own defaults: an option left out
+# of models.yaml keeps the engine's default.
 # Bounds the engine does not check itself (0 concurrency or step size hangs the first request).
 _RANGES: dict[str, tuple[float | None, float | None]] = {
     "max_tokens": (1, None), "decode_concurrency": (1, None), "prompt_concurrency": (1, None),
@@ -74,18 +73,12 @@ log = logging.getLogger("mlx_serve_workers.text")
 
 
 def check_options(options: dict[str, Any]) -> None:
-    """Raise ValueError naming the first unknown or mistyped option."""
+    """Raise ValueError naming the first unknown, mistyped or out-of-range option."""
+    resolve("text", options)
     for name, value in options.items():
-        if name not in OPTIONS:
-            raise ValueError(f"unknown option {name!r} for a text model; known options: {', '.join(OPTIONS)}")
-        expected = OPTIONS[name][0]
-        types = expected if isinstance(expected, tuple) else (expected,)
+        low, high = _RANGES.get(name, (None, None))
         if value is None:
             continue
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = " or ".join(t.__name__ for t in types)
-            raise ValueError(f"option {name!r} expects {names}, got {type(value).__name__} {value!r}")
-        low, high = _RANGES.get(name, (None, None))
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"at least {low}" if high is None else f"between {low} and {high}"
             raise ValueError(f"option {name!r} must be {bounds}, got {value!r}")

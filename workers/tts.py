@@ -64,7 +64,6 @@ from mlx_serve_workers.common import (
 )
 
 # option -> (type, default, description). Read by the router's config validation and docs.
-from mlx_serve_workers.options import TTS as OPTIONS  # noqa: E402  (the shared table)
 
 SPEECH_PATHS = ("/v1/audio/speech", "/audio/speech")
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
@@ -249,7 +248,7 @@ def main() -> None:
     watch_parent()
     timings: dict[str, float] = {}
     try:
-        options = resolve_options("tts", OPTIONS, args.options)
+        options = resolve_options("tts", args.options)
         # Soprano's tokenizer load goes through transformers, which imports torch (~200 MB more
         # RSS, ~1 s) unless hidden; mlx-audio then imports scipy.signal, which needs the patch.
         hide_torch()

@@ -45,9 +45,7 @@ from mlx_serve_workers.common import (
     run_asgi_on_socket,
     watch_parent,
 )
-
-# option -> (type, default, description). Read by the router's config validation and docs.
-from mlx_serve_workers.options import VISION as OPTIONS  # noqa: E402  (the shared table)
+from mlx_serve_workers.options import VISION as OPTIONS, resolve
 
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
 MODELS_PATHS = ("/v1/models", "/models")
@@ -76,26 +74,12 @@ class RequestError(Exception):
 
 
 def resolve_options(raw: dict[str, Any]) -> dict[str, Any]:
-    """Options with defaults filled in; unknown keys and wrong types raise ValueError."""
-    unknown = sorted(set(raw) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown option(s) for the vision worker: {', '.join(unknown)} "
-                         f"(known: {', '.join(OPTIONS)})")
-    options: dict[str, Any] = {}
-    for key, (type_, default, _) in OPTIONS.items():
-        value = raw.get(key, default)
-        if type_ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, type_) or (type_ is not bool and isinstance(value, bool)):
-            raise ValueError(f"option {key!r} must be of type {type_.__name__}, got {value!r}")
-        if type_ in (int, float) and value < 0:
-            raise ValueError(f"option {key!r} must not be negative, got {value!r}")
-        options[key] = value
-    for key in ("max_tokens", "max_images", "max_image_bytes", "max_image_pixels",
-                "max_request_bytes", "prefill_step_size"):
-        if options[key] < 1:
-            raise ValueError(f"option {key!r} must be at least 1")
-    return options
+    """Options with defaults filled in; unknown keys, wrong types and bad values raise ValueError."""
+    numbers = [k for k, (t, _d, _doc) in OPTIONS.items() if t in (int, float)]
+    minimums = {k: 0.0 for k in numbers}
+    minimums.update({k: 1 for k in ("max_tokens", "max_images", "max_image_bytes", "max_image_pixels",
+                                    "max_request_bytes", "prefill_step_size")})
+    return resolve("vision", raw, at_least=minimums)
 
 
 def configure_upstream_env(options: dict[str, Any]) -> None:

@@ -309,11 +309,13 @@ def test_batcher_splits_results_and_isolates_failures():
 def test_batcher_chunks_round_robin_within_both_limits():
     calls: list[list[int]] = []
     first_pass = threading.Event()
+    small_submitted = threading.Event()
 
     def recording_embed(seqs):
         calls.append([len(s) for s in seqs])
-        first_pass.set()
-        time.sleep(0.02)
+        if not first_pass.is_set():  # hold the first pass until the small request is queued
+            first_pass.set()
+            small_submitted.wait(5)
         return _fake_embed(seqs)
 
     batcher = Batcher(recording_embed, max_batch_size=4, batch_wait_s=0.05, max_batch_tokens=20)
@@ -323,7 +325,8 @@ def test_batcher_chunks_round_robin_within_both_limits():
     async def scenario():
         first = batcher.submit(big)
         await asyncio.get_running_loop().run_in_executor(None, first_pass.wait, 5)
-        small = batcher.submit([[2] * 6])  # arrives while the big request's first pass runs
+        small = batcher.submit([[2] * 6])  # queued (synchronously) while the first pass is held
+        small_submitted.set()
         return await asyncio.gather(first, small)
 
     big_rows, small_rows = asyncio.run(scenario())
