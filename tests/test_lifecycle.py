@@ -104,3 +104,15 @@ def test_bad_models_yaml_stops_the_start_naming_file_model_and_key(tmp_path: Pat
     assert str(tmp_path / "models.yaml") in output
     for fragment in expected:
         assert fragment in output, f"{fragment!r} missing from:\n{output}"
+
+
+def test_a_model_that_is_not_on_this_machine_is_a_clear_503(tmp_path: Path) -> None:
+    models = [{"name": "remote", "type": "text", "path": "mlx-community/not-downloaded-here"},
+              {"name": "gone", "type": "text", "path": str(tmp_path / "no-such-dir")}]
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    with Router(tmp_path, models, env=env) as router, router.client() as c:
+        for name, fragment in (("remote", "mlx-serve pull remote"), ("gone", "does not exist")):
+            r = c.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 503
+            assert fragment in r.json()["error"]["message"]
+        assert router.worker_pids() == []

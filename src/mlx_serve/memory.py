@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from mlx_serve.config import ModelConfig
+from mlx_serve.hub import model_dir
 
 log = logging.getLogger("mlx_serve.memory")
 
@@ -50,17 +51,9 @@ def weight_bytes(directory: Path) -> int:
     return total
 
 
-def hf_cache_dir(repo_id: str) -> Path | None:
-    """Where huggingface_hub keeps a repo's snapshots, if it is there (no network, no import of the hub)."""
-    cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface"))
-                 .expanduser() / "hub")
-    folder = cache.expanduser() / ("models--" + repo_id.replace("/", "--"))
-    return folder if folder.is_dir() else None
-
-
 def estimate_footprint(model: ModelConfig, base_dir: Path | None = None) -> int:
     """Expected memory of a model before it was ever loaded: weights × overhead + worker baseline."""
-    directory = model.local_path(base_dir) or hf_cache_dir(model.path)
+    directory = model_dir(model, base_dir)
     weights = weight_bytes(directory) if directory else 0
     return int(weights * WEIGHT_OVERHEAD) + WORKER_BASELINE.get(model.type, 150 * 1000**2)
 

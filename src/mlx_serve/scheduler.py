@@ -30,6 +30,7 @@ import httpx
 from mlx_serve.config import Config, ModelConfig
 from mlx_serve.durations import FOREVER, format_duration, format_size
 from mlx_serve.errors import APIError, unavailable
+from mlx_serve.hub import looks_local, model_dir
 from mlx_serve.memory import WORKER_BASELINE, FootprintStore, expected_footprint
 from mlx_serve.policy import Action, Resident, drain_candidates, held_back_until, plan_admission
 from mlx_serve.runtime import Runtime, worker_environment
@@ -62,6 +63,7 @@ class ModelSlot:
     loads: int = 0
     failures: list[float] = field(default_factory=list)  # times of failed starts and crashes
     last_error: str | None = None
+    restart_after: str | None = None  # the failure that the next load recovers from
 
     @property
     def name(self) -> str:
@@ -298,10 +300,13 @@ class Scheduler:
 
     async def _load(self, slot: ModelSlot) -> Worker:
         try:
+            spec = self._launch_spec(slot)  # before admission: a model that is not here evicts nothing
             await self._admit(slot)
-            worker = Worker(self._launch_spec(slot), on_unexpected_exit=self._on_worker_exit)
+            worker = Worker(spec, on_unexpected_exit=self._on_worker_exit)
             slot.worker = worker  # reserves its footprint in the books from now on
             spare = self.spares.take(slot.config.type)
+            if slot.restart_after is not None:
+                self._emit("restart", slot, reason=f"after {slot.restart_after}", failures=len(slot.failures))
             self._emit("load", slot, reason="requested", spare=spare.proc.pid if spare else None)
             try:
                 await worker.start(spare)
@@ -322,6 +327,7 @@ class Scheduler:
                 self.store.put(slot.config, measured)
             self._emit("ready", slot, pid=worker.pid, duration_s=round(time.monotonic() - (worker.started_at or 0), 3),
                        memory=measured, timings=worker.ready_info.get("timings"))
+            slot.restart_after = None
             slot.last_used = self.clock()
             return worker
         finally:
@@ -351,7 +357,8 @@ class Scheduler:
                             self.spares.evict(name.split(":", 1)[1])
                     victims = [self.slots[n] for n in plan.evict if not n.startswith("spare:")]
                     for victim in victims:
-                        self._emit("evict", victim, reason=f"make room for {slot.name}")
+                        self._emit("evict", victim, reason=f"make room for {slot.name}",
+                                   pid=victim.worker.pid if victim.worker else None)
                     await asyncio.gather(*(self._stop(v, f"evicted for {slot.name}") for v in victims))
                     await asyncio.sleep(0)
                     continue
@@ -428,10 +435,18 @@ class Scheduler:
 
     def _launch_spec(self, slot: ModelSlot) -> LaunchSpec:
         model = slot.config
-        local = model.local_path(self.config.base_dir)
+        directory = model_dir(model, self.config.base_dir)
+        if directory is None:
+            where = self.config.source or "models.yaml"
+            if looks_local(model.path):
+                message = (f"model {model.name!r}: directory {model.path!r} (key 'path' in {where}) does not exist")
+            else:
+                message = (f"model {model.name!r} ({model.path}) is not downloaded yet: run `mlx-serve pull "
+                           f"{model.name}` (or POST /api/pull) first")
+            raise APIError(503, message, code="model_not_available")
         return LaunchSpec(
             model=model,
-            model_path=str(local) if local else model.path,
+            model_path=str(directory),
             socket_path=self.runtime.socket_path(slot.socket_index),
             log_path=self.runtime.worker_log(model.name),
             env=self._env,
@@ -449,6 +464,7 @@ class Scheduler:
         await asyncio.shield(slot.stop_task)
 
     async def _do_stop(self, slot: ModelSlot, worker: Worker, reason: str) -> None:
+        stop_started = time.monotonic()
         self._cancel_expiry(slot)
         self._notify()
         try:
@@ -459,7 +475,9 @@ class Scheduler:
             slot.stop_task = None
             slot.draining = False
             slot.expires_at = None
-            self._emit("unload", slot, pid=worker.pid, reason=reason)
+            self._emit("unload", slot, pid=worker.pid, reason=reason,
+                       duration_s=round(time.monotonic() - stop_started, 3),
+                       loaded_for_s=round(stop_started - worker.ready_at, 3) if worker.ready_at else None)
             self._notify()
 
     async def _unload_when_idle(self, slot: ModelSlot) -> None:
@@ -514,6 +532,7 @@ class Scheduler:
         now = self.clock()
         slot.failures = [t for t in slot.failures if now - t <= self.server.restart_window] + [now]
         slot.last_error = error
+        slot.restart_after = error
         until = self._held_until(slot, now)
         if until is not None:
             self._emit("backoff", slot, reason=error, retry_in_s=round(until - now, 2),
