@@ -116,3 +116,14 @@ def test_a_model_that_is_not_on_this_machine_is_a_clear_503(tmp_path: Path) -> N
             assert r.status_code == 503
             assert fragment in r.json()["error"]["message"]
         assert router.worker_pids() == []
+
+
+def test_a_start_over_start_timeout_is_killed_and_quotes_the_log(tmp_path: Path, demo_model: Any) -> None:
+    chat = demo_model("demo-chat")
+    models = [{"name": "slow", "type": "text", "path": chat["path"], "start_timeout": "0.2s"}]
+    with Router(tmp_path, models) as router, router.client() as c:
+        r = c.post("/v1/chat/completions", json={"model": "slow", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 502
+        message = r.json()["error"]["message"]
+        assert "start_timeout" in message and "starting slow" in message  # the log's header line is quoted
+        assert _wait_gone(router.worker_pids(), 2.0) == []

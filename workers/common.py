@@ -242,14 +242,20 @@ def memory_report() -> dict[str, int]:
 
 
 def _rss_bytes() -> int:
+    """Current resident memory of this process (Linux and macOS alike, through psutil)."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        import resource  # macOS: ru_maxrss is in bytes there (peak, the best without psutil)
+        import psutil
 
-        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(usage if sys.platform == "darwin" else usage * 1024)
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # psutil missing: /proc on Linux; the peak figure is the best stdlib has on macOS
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            import resource
+
+            usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return int(usage if sys.platform == "darwin" else usage * 1024)
 
 
 def unlink_stale_socket(path: str) -> None:
