@@ -54,17 +54,18 @@ def test_one_fits_60_requests_over_three_models_never_two_loaded(tmp_path: Path,
         rng = random.Random(7)
         plan = [rng.choice("abc") for _ in range(60)]
 
-        def client(i: int) -> list[int]:
+        def client(i: int) -> list[tuple[str, int, str]]:
             with router.client() as c:
-                return [_chat(c, m).status_code for m in plan[i::8]]
+                return [(m, r.status_code, r.text) for m in plan[i::8] for r in [_chat(c, m)]]
 
         try:
             with ThreadPoolExecutor(8) as pool:
-                statuses = [s for batch in pool.map(client, range(8)) for s in batch]
+                results = [row for batch in pool.map(client, range(8)) for row in batch]
         finally:
             stop.set()
             sampler.join()
-        assert statuses == [200] * 60
+        failures = [row for row in results if row[1] != 200]
+        assert len(results) == 60 and failures == [], failures
         assert most_loaded == 1
         assert len(_events(router, "evict")) >= 2  # it really swapped
 

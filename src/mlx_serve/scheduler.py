@@ -197,7 +197,8 @@ class Scheduler:
         self.begin_shutdown()
         if self._health_task is not None:
             self._health_task.cancel()
-        await asyncio.gather(*(self._stop(s, "shutdown") for s in self.slots.values() if s.holds_memory),
+        stops = [self._begin_stop(s, "shutdown") for s in self.slots.values() if s.holds_memory]
+        await asyncio.gather(*(asyncio.shield(t) for t in stops if t is not None),
                              self.spares.close(), return_exceptions=True)
         for slot in self.slots.values():
             self._cancel_expiry(slot)
@@ -359,7 +360,8 @@ class Scheduler:
                     for victim in victims:
                         self._emit("evict", victim, reason=f"make room for {slot.name}",
                                    pid=victim.worker.pid if victim.worker else None)
-                    await asyncio.gather(*(self._stop(v, f"evicted for {slot.name}") for v in victims))
+                    stops = [self._begin_stop(v, f"evicted for {slot.name}") for v in victims]
+                    await asyncio.gather(*(asyncio.shield(t) for t in stops if t is not None))
                     await asyncio.sleep(0)
                     continue
                 wake_in = deadline - now
@@ -456,12 +458,20 @@ class Scheduler:
 
     # -- stopping ------------------------------------------------------------------------------
 
-    async def _stop(self, slot: ModelSlot, reason: str) -> None:
-        if slot.stop_task is None:
-            if slot.worker is None:
-                return
+    def _begin_stop(self, slot: ModelSlot, reason: str) -> asyncio.Task[None] | None:
+        """Start stopping ``slot``'s worker now, synchronously with the decision to stop it.
+
+        From this call on the worker is no longer ready, so no request can lease it between the
+        decision and the stop (a stop scheduled for later could cut a request that slipped in).
+        """
+        if slot.stop_task is None and slot.worker is not None:
             slot.stop_task = asyncio.create_task(self._do_stop(slot, slot.worker, reason), name=f"stop-{slot.name}")
-        await asyncio.shield(slot.stop_task)
+        return slot.stop_task
+
+    async def _stop(self, slot: ModelSlot, reason: str) -> None:
+        task = self._begin_stop(slot, reason)
+        if task is not None:
+            await asyncio.shield(task)
 
     async def _do_stop(self, slot: ModelSlot, worker: Worker, reason: str) -> None:
         stop_started = time.monotonic()
@@ -509,7 +519,7 @@ class Scheduler:
         if slot.keep_alive == FOREVER or (slot.expires_at is not None and self.clock() < slot.expires_at - 0.001):
             return
         self._emit("expire", slot, reason=f"idle for keep_alive {format_duration(slot.keep_alive)}")
-        asyncio.get_running_loop().create_task(self._stop(slot, "keep_alive expired"))
+        self._begin_stop(slot, "keep_alive expired")
 
     def _cancel_expiry(self, slot: ModelSlot) -> None:
         if slot.expiry is not None:
