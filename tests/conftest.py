@@ -12,6 +12,9 @@ from support import build_demo_models
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# litellm fetches a model cost map from GitHub when imported unless told not to; the tests stay offline.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
 
 @pytest.fixture(scope="session")

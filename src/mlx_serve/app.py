@@ -7,6 +7,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,13 +21,21 @@ from mlx_serve.errors import APIError, error_body
 from mlx_serve.events import EventLog
 from mlx_serve.management_api import ManagementHandlers
 from mlx_serve.memory import physical_memory
+from mlx_serve.metrics import Metrics
+from mlx_serve.observability_api import ObservabilityHandlers
+from mlx_serve.ollama_api import OllamaHandlers
 from mlx_serve.openai_api import OpenAIHandlers
+from mlx_serve.requestlog import RequestLog
 from mlx_serve.runtime import Runtime
 from mlx_serve.scheduler import Scheduler
 
 log = logging.getLogger("mlx_serve.app")
 
 PUBLIC_ROUTES = {("GET", "/health")}
+# A browser navigating to the dashboard cannot send a header, so this page alone also takes ?key=
+# (it then sends the key as a Bearer header itself). Not a cookie: a cookie would authenticate every
+# route, and so let any web page the operator visits make requests to the router in their name.
+QUERY_KEY_ROUTES = {("GET", "/dashboard")}
 
 
 class APIKeyMiddleware:
@@ -45,9 +54,14 @@ class APIKeyMiddleware:
         auth = headers.get("authorization", "")
         if auth[:7].lower() == "bearer ":
             offered = auth[7:].strip()
+        by_query = (scope["method"], scope["path"]) in QUERY_KEY_ROUTES
+        if not offered and by_query:
+            offered = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key", [""])[0]
         if not hmac.compare_digest(offered.encode(), self.key):  # constant time
             message = ("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'" if not offered
                        else "invalid API key")
+            if by_query:
+                message += f"; in a browser, open {scope['path']}?key=<key>"
             response = JSONResponse(error_body(message, "authentication_error", None, "invalid_api_key"),
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
@@ -77,10 +91,15 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(config: Config, runtime: Runtime | None = None) -> Starlette:
     runtime = runtime or Runtime.for_config(config)
     budget = parse_budget(config.server.memory_budget, physical_memory())
-    events = EventLog(runtime.state_dir / "events.jsonl")
+    metrics = Metrics()
+    events = EventLog(runtime.state_dir / "events.jsonl", listeners=[metrics.observe_event])
     scheduler = Scheduler(config, runtime, budget, on_event=events)
+    metrics.watch(scheduler)
+    requests = RequestLog(listeners=[metrics.observe_request])  # filled by every ProxyResponse
+    observability = ObservabilityHandlers(metrics, requests)
     openai = OpenAIHandlers(scheduler)
     management = ManagementHandlers(scheduler, events)
+    ollama = OllamaHandlers(scheduler)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -98,12 +117,14 @@ def create_app(config: Config, runtime: Runtime | None = None) -> Starlette:
             runtime.remove()
 
     app = Starlette(
-        routes=[*openai.routes(), *management.routes()],
+        routes=[*openai.routes(), *management.routes(), *ollama.routes(), *observability.routes()],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )
     app.state.scheduler = scheduler
     app.state.events = events
+    app.state.requests = requests
+    app.state.metrics = metrics
     app.state.config = config
     if config.server.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=config.server.api_key)

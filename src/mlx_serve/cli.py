@@ -14,8 +14,11 @@ from typing import Any
 import click
 import httpx
 
+from mlx_serve import cli_ops
 from mlx_serve.config import Config, ConfigError, load_config
 from mlx_serve.durations import format_size
+from mlx_serve.logfiles import ROUTER_LOG_BACKUPS, ROUTER_LOG_MAX_BYTES, rotate_if_larger
+from mlx_serve.service import service
 
 DEFAULT_CONFIG_ENV = "MLX_SERVE_CONFIG"
 TEMPLATE = Path(__file__).with_name("models.example.yaml")
@@ -161,6 +164,7 @@ def _start_detached(config: Config, config_path: Path, host: str | None, port: i
                     allow_insecure: bool) -> None:
     log_path = config.server.state_path / "logs" / "router.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    rotate_if_larger(log_path, ROUTER_LOG_MAX_BYTES, ROUTER_LOG_BACKUPS)  # the router appends to it while it runs
     cmd = [sys.executable, "-m", "mlx_serve.cli", "start", "--config", str(config_path)]
     cmd += ["--host", host] if host else []
     cmd += ["--port", str(port)] if port else []
@@ -301,18 +305,8 @@ def ps(config_path: Path | None, host: str | None, port: int | None) -> None:
 
 
 def _print_ps(ps: dict[str, Any], config: Config) -> None:
-    memory = ps.get("memory", {})
-    click.echo(f"memory: {format_size(memory.get('used', 0))} of {format_size(memory.get('budget', 0))} budget")
-    rows = ps.get("models", [])
-    if not rows:
-        click.echo("no models loaded; configured: " + ", ".join(m.name for m in config.models))
-        return
-    header = f"{'NAME':<24} {'TYPE':<10} {'STATE':<9} {'PID':>7} {'SIZE':>10} {'IN FLIGHT':>9}  EXPIRES"
-    click.echo(header)
-    for r in rows:
-        expires = "never (pinned)" if r.get("pinned") else (r.get("expires_at") or "in use")
-        click.echo(f"{r['name']:<24} {r['type']:<10} {r['state']:<9} {r.get('pid') or '':>7} "
-                   f"{format_size(r['size']):>10} {r['requests_in_flight']:>9}  {expires}")
+    models = _call(config, "GET", "/v1/models").get("data", [])  # every configured model, with its state
+    click.echo(cli_ops.format_status(ps, models))
 
 
 @main.command()
@@ -344,6 +338,11 @@ def unload(name: str | None, config_path: Path | None, host: str | None, port: i
                    json={"model": name} if name else {})
     unloaded = result.get("models", [])
     click.echo(f"unloaded {', '.join(unloaded)}" if unloaded else "nothing was loaded")
+
+
+main.add_command(service)
+main.add_command(cli_ops.logs)
+main.add_command(cli_ops.pull)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ from typing import Any
 
 import anyio
 import httpx
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from mlx_serve.errors import APIError, error_body
+from mlx_serve.requestlog import CLIENT_CLOSED, RequestMeter, request_log_of
 from mlx_serve.scheduler import Scheduler
 from mlx_serve.worker import Worker
 
@@ -43,8 +44,33 @@ class ProxyResponse:
         self.keep_alive = keep_alive
         self.timeout = timeout
         self.status: int | None = None  # what the client got, for metrics and logs
+        self.meter = RequestMeter(model, path)  # timings and tokens, for /metrics and /api/requests
+        self._client_gone = False
+        self._recorded = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        requests = request_log_of(scope)
+        if requests is None:
+            await self._respond(receive, send)
+            return
+
+        def record() -> None:
+            if not self._recorded:
+                self._recorded = True
+                # No status means no answer was sent: the client left, or the relay itself failed.
+                requests.add(self.meter.finish(self.status or (CLIENT_CLOSED if self._client_gone else 500)))
+
+        async def send_and_record(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()  # before the client can see the end, so /metrics and /api/requests already count it
+            await send(message)
+
+        try:
+            await self._respond(receive, send_and_record)
+        finally:
+            record()
+
+    async def _respond(self, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
             async def watch_disconnect() -> None:
                 # A client that goes away (while queued or mid-stream) cancels its request: the
@@ -52,6 +78,7 @@ class ProxyResponse:
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
+                        self._client_gone = True
                         tg.cancel_scope.cancel()
                         return
 
@@ -65,6 +92,7 @@ class ProxyResponse:
         started = False
         try:
             async with self.scheduler.lease(self.model, self.keep_alive) as worker:
+                self.meter.leased()
                 started = await self._forward(worker, send)
         except APIError as e:
             if not started:
@@ -92,12 +120,14 @@ class ProxyResponse:
                 headers.append((b"cache-control", b"no-cache"))
                 headers.append((b"x-accel-buffering", b"no"))
             self.status = upstream.status_code
+            self.meter.begin(upstream.headers.get("content-type", ""))
             await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
             tail = b""
             try:
                 async for chunk in upstream.aiter_raw():
                     if chunk:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        self.meter.chunk(chunk)
                         if is_sse:
                             tail = (tail + chunk)[-256:]
             except httpx.HTTPError as e:

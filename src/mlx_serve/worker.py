@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from mlx_serve.config import ModelConfig
+from mlx_serve.logfiles import WORKER_LOG_BACKUPS, WORKER_LOG_MAX_BYTES, rotate_if_larger
 from mlx_serve.spares import Spare, open_status_reader
 from mlx_serve.state import WorkerState, check_transition
 
@@ -122,6 +123,8 @@ class Worker:
         with contextlib.suppress(FileNotFoundError):
             spec.socket_path.unlink()
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The worker appends to its log for as long as it runs; between runs is when it can be rotated.
+        rotate_if_larger(spec.log_path, WORKER_LOG_MAX_BYTES, WORKER_LOG_BACKUPS)
         with open(spec.log_path, "ab") as log_file:
             how = f"in spare pid {spare.proc.pid}" if spare else "in a new process"
             log_file.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name} "
