@@ -271,6 +271,14 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def error_response(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None) -> Any:
+    """A Starlette JSON response with the OpenAI error body."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(error_body(message, type_, param, code), status_code=status)
+
+
 def run_asgi_on_socket(app: Any, args: WorkerArgs, status: StatusChannel,
                        timings: dict[str, float], graceful_timeout: float = 5.0) -> None:
     """Serve an ASGI app on the worker's Unix socket; report ready once it accepts connections."""

@@ -48,9 +48,9 @@ import numpy as np
 
 from mlx_serve_workers.batching import Batcher
 from mlx_serve_workers.common import (
-    WorkerArgs,
     StatusChannel,
-    error_body,
+    WorkerArgs,
+    error_response,
     fail_and_exit,
     hide_torch,
     memory_report,
@@ -62,7 +62,6 @@ from mlx_serve_workers.options import EMBEDDING as OPTIONS, resolve
 
 KIND = "embedding"
 
-# option -> (type, default, description). None as a default means "derived from the model".
 
 POOLING_MODES = ("auto", "mean", "cls", "last", "pooler", "model")
 
@@ -423,13 +422,6 @@ class Embedder:
 # HTTP
 # --------------------------------------------------------------------------------------------
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> Any:
-    from starlette.responses import JSONResponse
-
-    return JSONResponse(error_body(message, type_, param, code), status_code=status)
-
-
 def build_app(embedder: Embedder, batcher: Batcher, name: str, options: dict[str, Any]) -> Any:
     """The Starlette app: POST /v1/embeddings, GET /health, GET /stats."""
     from starlette.applications import Starlette
@@ -462,7 +454,7 @@ def build_app(embedder: Embedder, batcher: Batcher, name: str, options: dict[str
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return _error(400, "the request body is not valid JSON")
+            return error_response(400, "the request body is not valid JSON")
         try:
             parsed = parse_embedding_request(body, max_inputs, embedder.dim)
             if parsed.texts is not None:
@@ -473,11 +465,11 @@ def build_app(embedder: Embedder, batcher: Batcher, name: str, options: dict[str
                 seqs = parsed.token_ids  # type: ignore[assignment]
                 check_sequences(seqs, embedder.max_tokens, embedder.vocab_size)
         except RequestError as exc:
-            return _error(400, exc.message, param=exc.param, code=exc.code)
+            return error_response(400, exc.message, param=exc.param, code=exc.code)
         try:
             vectors = await batcher.submit(seqs)
         except Exception as exc:
-            return _error(500, str(exc), type_="server_error")
+            return error_response(500, str(exc), type_="server_error")
         data = format_embeddings(vectors, parsed.dimensions, embedder.normalize, parsed.encoding_format)
         prompt_tokens = sum(len(s) for s in seqs)
         return JSONResponse({"object": "list", "data": data, "model": parsed.model or name,

@@ -57,7 +57,7 @@ import numpy as np
 from mlx_serve_workers.common import (
     StatusChannel,
     WorkerArgs,
-    error_body,
+    error_response,
     fail_and_exit,
     hide_torch,
     memory_report,
@@ -71,7 +71,6 @@ from mlx_serve_workers.options import RERANK as OPTIONS, resolve
 
 KIND = "rerank"
 
-# option -> (type, default, description). None as a default means "derived from the model".
 
 SYSTEM_PROMPT = ('Judge whether the Document meets the requirements based on the Query and the Instruct '
                  'provided. Note that the answer can only be "yes" or "no".')
@@ -382,13 +381,6 @@ class Reranker:
 # HTTP
 # --------------------------------------------------------------------------------------------
 
-def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> Any:
-    from starlette.responses import JSONResponse
-
-    return JSONResponse(error_body(message, type_, param, code), status_code=status)
-
-
 def build_app(reranker: Reranker, batcher: Batcher, name: str, options: dict[str, Any]) -> Any:
     """The Starlette app: POST /v1/rerank (and /rerank), GET /health, GET /stats."""
     from starlette.applications import Starlette
@@ -423,18 +415,18 @@ def build_app(reranker: Reranker, batcher: Batcher, name: str, options: dict[str
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return _error(400, "the request body is not valid JSON", code="invalid_json")
+            return error_response(400, "the request body is not valid JSON", code="invalid_json")
         try:
             parsed = parse_rerank_request(body, max_documents)
             truncate = options["truncate"] if parsed.truncate is None else parsed.truncate
             seqs, _truncated = await asyncio.get_running_loop().run_in_executor(
                 tokenizer_pool, reranker.build_sequences, parsed, truncate)
         except RequestError as exc:
-            return _error(400, exc.message, param=exc.param, code=exc.code)
+            return error_response(400, exc.message, param=exc.param, code=exc.code)
         try:
             scores = await batcher.submit(seqs)
         except Exception as exc:
-            return _error(500, f"scoring failed: {exc}", type_="server_error")
+            return error_response(500, f"scoring failed: {exc}", type_="server_error")
         tokens = sum(len(s) for s in seqs)
         return JSONResponse({
             "id": f"rerank-{uuid.uuid4().hex}",

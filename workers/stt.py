@@ -53,7 +53,6 @@ from mlx_serve_workers.common import (
     watch_parent,
 )
 
-# option -> (type, default, description). Read by the router's config validation and docs.
 
 TRANSCRIBE_PATHS = ("/v1/audio/transcriptions", "/audio/transcriptions")
 TRANSLATE_PATHS = ("/v1/audio/translations", "/audio/translations")

@@ -63,7 +63,6 @@ from mlx_serve_workers.common import (
     watch_parent,
 )
 
-# option -> (type, default, description). Read by the router's config validation and docs.
 
 SPEECH_PATHS = ("/v1/audio/speech", "/audio/speech")
 MIN_SPEED, MAX_SPEED = 0.25, 4.0

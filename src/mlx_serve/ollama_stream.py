@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from mlx_serve.errors import APIError
 from mlx_serve.ollama_convert import Reply, now_iso, timings
+from mlx_serve.proxy import until_disconnect
 from mlx_serve.requestlog import CLIENT_CLOSED, RequestRecord, request_log_of
 from mlx_serve.scheduler import Scheduler
 from mlx_serve.worker import Worker
@@ -156,22 +157,10 @@ class GenerationResponse:
                    self._reply.first_token_ns, self.stream, counts.get("eval_count"), counts.get("prompt_eval_count"))
 
     async def _respond(self, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as tg:
-            async def watch_disconnect() -> None:
-                # A client that goes away cancels its request: closing the upstream connection
-                # stops the worker's generation, and leaving the lease's block releases it.
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        self._client_gone = True
-                        tg.cancel_scope.cancel()
-                        return
+        await until_disconnect(receive, lambda: self._serve(send), on_disconnect=self._mark_client_gone)
 
-            tg.start_soon(watch_disconnect)
-            try:
-                await self._serve(send)
-            finally:
-                tg.cancel_scope.cancel()
+    def _mark_client_gone(self) -> None:
+        self._client_gone = True
 
     async def _serve(self, send: Send) -> None:
         try:

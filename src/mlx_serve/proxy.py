@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -29,6 +30,29 @@ log = logging.getLogger("mlx_serve.proxy")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authenticate", "proxy-authorization", "server", "date"}
 SSE_DONE = b"data: [DONE]"
+
+
+async def until_disconnect(receive: Receive, serve: Callable[[], Awaitable[None]],
+                           on_disconnect: Callable[[], None]) -> None:
+    """Run ``serve()``, cancelling it if the client disconnects first.
+
+    A client that goes away (while queued or mid-stream) cancels its request: leaving the
+    lease's block releases it, and closing the upstream request stops the worker's generation.
+    """
+    async with anyio.create_task_group() as tg:
+        async def watch_disconnect() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    on_disconnect()
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch_disconnect)
+        try:
+            await serve()
+        finally:
+            tg.cancel_scope.cancel()
 
 
 class ProxyResponse:
@@ -71,22 +95,10 @@ class ProxyResponse:
             record()
 
     async def _respond(self, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as tg:
-            async def watch_disconnect() -> None:
-                # A client that goes away (while queued or mid-stream) cancels its request: the
-                # lease is released, and closing the upstream request stops the worker's generation.
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        self._client_gone = True
-                        tg.cancel_scope.cancel()
-                        return
+        await until_disconnect(receive, lambda: self._serve(send), on_disconnect=self._mark_client_gone)
 
-            tg.start_soon(watch_disconnect)
-            try:
-                await self._serve(send)
-            finally:
-                tg.cancel_scope.cancel()
+    def _mark_client_gone(self) -> None:
+        self._client_gone = True
 
     async def _serve(self, send: Send) -> None:
         started = False
