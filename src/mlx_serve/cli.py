@@ -136,6 +136,9 @@ def _run_foreground(config: Config, pidfile: Path) -> None:
         signal.signal(sig, lambda *_: None)
     server_config = uvicorn.Config(app, host=config.server.host, port=config.server.port,
                                    log_level=config.server.log_level, access_log=False, backlog=2048,
+                                   # longer than clients keep idle connections (httpx: 5 s), so a client
+                                   # never reuses a connection the router is closing at that moment
+                                   timeout_keep_alive=30,
                                    timeout_graceful_shutdown=max(1, int(config.server.shutdown_grace)))
     try:
         _phased_server()(server_config).run()

@@ -168,6 +168,7 @@ class Scheduler:
             self._waiting_total -= 1
             if slot.waiting == 0 and slot.in_flight == 0 and slot.ready_worker is not None:
                 self._went_idle(slot)  # e.g. every waiter gave up: restart the keep_alive clock
+            self._notify()  # fewer waiters can make a model evictable for a load that waits
 
     async def load(self, name: str, keep_alive: float | None = None) -> Worker:
         """Load ``name`` now (``/api/load``); it then stays for its keep_alive like after a request."""
@@ -381,8 +382,12 @@ class Scheduler:
         """Mark busy models that had their minimum residency as draining; return when to look again."""
         drainable, soonest = [], math.inf
         for r in residents:
-            other = self.slots[r.name]
-            if not r.busy or r.pinned or other.worker is None or other.worker.ready_at is None:
+            other = self.slots.get(r.name)  # None for a spare: never drained, it is evicted
+            if other is None or not r.busy or r.pinned or other.worker is None or other.worker.ready_at is None:
+                continue
+            if other.in_flight == 0:
+                # Only requests queued for it, about to be served (it has just become ready):
+                # draining it now would strand them, and no finishing request would ever wake us.
                 continue
             resident_for = now - other.worker.ready_at
             if resident_for >= self.server.min_residency:

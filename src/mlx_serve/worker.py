@@ -112,10 +112,13 @@ class Worker:
     def client(self) -> httpx.AsyncClient:
         """An HTTP client bound to the worker's Unix socket (timeouts are set per request)."""
         if self._client is None:
-            transport = httpx.AsyncHTTPTransport(uds=str(self.spec.socket_path), verify=_UNIX_SOCKET_TLS)
-            self._client = httpx.AsyncClient(transport=transport, base_url="http://worker",
-                                             timeout=None, limits=httpx.Limits(max_connections=None,
-                                                                               max_keepalive_connections=64))
+            # The limits belong to the transport (a client ignores its own when given one). An idle
+            # connection is dropped after 2 s, before the worker's server closes it at 5 s (uvicorn's
+            # keep-alive timeout): reusing one the worker is closing fails the request with a 502.
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=2.0)
+            transport = httpx.AsyncHTTPTransport(uds=str(self.spec.socket_path), verify=_UNIX_SOCKET_TLS,
+                                                 limits=limits)
+            self._client = httpx.AsyncClient(transport=transport, base_url="http://worker", timeout=None)
         return self._client
 
     # -- start ---------------------------------------------------------------------------------
