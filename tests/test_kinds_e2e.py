@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
 import wave
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor

@@ -16,7 +16,6 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import wave
 from dataclasses import dataclass

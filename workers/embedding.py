@@ -58,7 +58,7 @@ from mlx_serve_workers.common import (
     run_asgi_on_socket,
     watch_parent,
 )
-from mlx_serve_workers.options import EMBEDDING as OPTIONS, resolve
+from mlx_serve_workers.options import resolve
 
 KIND = "embedding"
 

@@ -67,7 +67,7 @@ from mlx_serve_workers.common import (
 )
 from mlx_serve_workers.batching import Batcher
 from mlx_serve_workers.embedding import RequestError
-from mlx_serve_workers.options import RERANK as OPTIONS, resolve
+from mlx_serve_workers.options import resolve
 
 KIND = "rerank"
 

@@ -50,7 +50,7 @@ from mlx_serve_workers.common import (
     unlink_stale_socket,
     watch_parent,
 )
-from mlx_serve_workers.options import TEXT as OPTIONS, resolve
+from mlx_serve_workers.options import resolve
 
 # The options table (workers/options.py) uses mlx_lm.server's own defaults: an option left out
 # of models.yaml keeps the engine's default.
@@ -550,7 +550,7 @@ def main() -> None:
         started = time.monotonic()
         warm_up(args.socket)
         timings["warmup_s"] = round(time.monotonic() - started, 3)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException:  # noqa: BLE001
         if stop_requested.is_set():
             threading.Event().wait()  # SIGTERM during warm-up: the shutdown thread exits
         if generator.error is not None:

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import shutil
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
