@@ -130,7 +130,11 @@ def test_a_dead_instance_is_skipped_and_no_request_fails(tmp_path: Path, demo_mo
         # after SIGTERM also what it took in before uvicorn acted on the signal (it checks every 0.1 s).
         if stop_signal == signal.SIGKILL:
             assert Counter(after)[ids[0]] <= CONCURRENCY - 1, after
-        assert len(after) >= 10 and set(after[-10:]) == {ids[1]}, after
+        # A may still finish what it took in before acting on SIGTERM (its server looks every
+        # 0.1 s; these 3-token requests take ~20 ms each), so its late completions are bounded,
+        # not absent; and B serves the end of the run.
+        assert Counter(after)[ids[0]] <= 2 * CONCURRENCY, " ".join(after)
+        assert len(after) >= 10 and set(after[-3:]) == {ids[1]}, " ".join(after)
         # A was tried after its stop (random routing picks it with even odds), failed at most once
         # per request in flight, then was cooled down and skipped; the failed tries were retried on B.
         assert attempts.failed[ids[1]] == 0

@@ -132,11 +132,11 @@ class Scheduler:
         slot = self._slot(name)
         if keep_alive is not None:
             slot.keep_alive = keep_alive  # the last explicit value wins
+        if self._closing:  # a stop has begun: requests in flight finish, new ones go elsewhere
+            raise unavailable("the server is shutting down", retry_after=5, code="shutting_down")
         worker = slot.ready_worker
         if worker is not None:
             return worker
-        if self._closing:
-            raise unavailable("the server is shutting down", retry_after=5, code="shutting_down")
         if self._waiting_total >= self.server.queue_size:
             raise unavailable(f"too many requests are waiting for models ({self.server.queue_size}, "
                               f"server.queue_size); try again shortly", retry_after=2, code="queue_full")
