@@ -12,7 +12,6 @@ worker's generation) and the lease is released.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from mlx_serve.errors import APIError
 from mlx_serve.ollama_convert import Reply, now_iso, timings
-from mlx_serve.proxy import until_disconnect
+from mlx_serve.proxy import until_disconnect, worker_failure
 from mlx_serve.requestlog import CLIENT_CLOSED, RequestRecord, request_log_of
 from mlx_serve.scheduler import Scheduler
 from mlx_serve.worker import Worker
@@ -50,23 +49,6 @@ def error_message(raw: bytes, status: int) -> str:
         if error is not None:
             return json.dumps(error)
     return raw.decode("utf-8", "replace").strip()[:2000] or f"HTTP {status}"
-
-
-async def worker_failure(worker: Worker, model: str, cause: Exception | None) -> APIError:
-    """A 502 saying how the worker failed, quoting its log when it died."""
-    for _ in range(20):  # let the router reap a dying worker so that the message can say how it died
-        if worker.returncode is not None:
-            break
-        await asyncio.sleep(0.025)
-    if worker.returncode is not None:
-        message = (f"the worker for model {model!r} died ({worker.exit_reason()}) while serving this request; "
-                   f"the next request starts a new one.")
-        tail = worker.log_tail(8)
-        if tail:
-            message += f"\n--- last lines of its log ---\n{tail}"
-        return APIError(502, message, code="worker_died")
-    detail = f": {type(cause).__name__}: {cause}" if cause else " without finishing its answer"
-    return APIError(502, f"the worker for model {model!r} failed{detail}", code="worker_error")
 
 
 async def post_json(worker: Worker, model: str, path: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -55,6 +55,23 @@ async def until_disconnect(receive: Receive, serve: Callable[[], Awaitable[None]
             tg.cancel_scope.cancel()
 
 
+async def worker_failure(worker: Worker, model: str, cause: Exception | None) -> APIError:
+    """A 502 saying how the worker failed, quoting its log when it died."""
+    for _ in range(20):  # let the router reap a dying worker so that the message can say how it died
+        if worker.returncode is not None:
+            break
+        await asyncio.sleep(0.025)
+    if worker.returncode is not None:
+        message = (f"the worker for model {model!r} died ({worker.exit_reason()}) while serving this request; "
+                   f"the next request starts a new one.")
+        tail = worker.log_tail(8)
+        if tail:
+            message += f"\n--- last lines of its log ---\n{tail}"
+        return APIError(502, message, code="worker_died")
+    detail = f": {type(cause).__name__}: {cause}" if cause else " without finishing its answer"
+    return APIError(502, f"the worker for model {model!r} failed{detail}", code="worker_error")
+
+
 class ProxyResponse:
     """An ASGI response that leases ``model``'s worker, forwards the request, and relays the answer."""
 
@@ -120,7 +137,7 @@ class ProxyResponse:
             raise APIError(504, f"model {self.model!r} did not answer within server.request_timeout "
                                 f"({self.timeout:g}s)", code="worker_timeout") from None
         except httpx.HTTPError as e:
-            raise await self._worker_failed(worker, e) from None
+            raise await worker_failure(worker, self.model, e) from None
         try:
             if upstream.status_code >= 400:
                 await self._relay_error(upstream, send)
@@ -145,33 +162,17 @@ class ProxyResponse:
             except httpx.HTTPError as e:
                 if not is_sse:
                     raise  # the body is cut short; the client sees a broken response, not a clean one
-                error = await self._worker_failed(worker, e)
+                error = await worker_failure(worker, self.model, e)
                 await self._send_sse_error(send, error)
                 return True
             if is_sse and SSE_DONE not in tail:
-                error = await self._worker_failed(worker, None)
+                error = await worker_failure(worker, self.model, None)
                 await self._send_sse_error(send, error)
                 return True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return True
         finally:
             await upstream.aclose()
-
-    async def _worker_failed(self, worker: Worker, cause: Exception | None) -> APIError:
-        # Give the router a moment to reap a dying worker so the message can say how it died.
-        for _ in range(20):
-            if worker.returncode is not None:
-                break
-            await asyncio.sleep(0.025)
-        if worker.returncode is not None:
-            message = (f"the worker for model {self.model!r} died ({worker.exit_reason()}) while serving "
-                       f"this request; the next request starts a new one.")
-            tail = worker.log_tail(8)
-            if tail:
-                message += f"\n--- last lines of its log ---\n{tail}"
-            return APIError(502, message, code="worker_died")
-        detail = f": {type(cause).__name__}: {cause}" if cause else " without finishing the stream"
-        return APIError(502, f"the worker for model {self.model!r} failed{detail}", code="worker_error")
 
     async def _relay_error(self, upstream: httpx.Response, send: Send) -> None:
         raw = await upstream.aread()
