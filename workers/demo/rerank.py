@@ -41,7 +41,7 @@ def build(out: Path, seed: int = 0) -> dict:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = text._build_tokenizer(out, corpus=text.CORPUS + RERANK_CORPUS)
+    tokenizer = text.build_tokenizer(out, corpus=text.CORPUS + RERANK_CORPUS)
     answers = []
     for word in ("yes", "no"):
         ids = tokenizer.encode(word, add_special_tokens=False)

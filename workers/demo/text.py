@@ -43,7 +43,13 @@ CORPUS = [
 ]
 
 
-def _build_tokenizer(out: Path, corpus: list[str] = CORPUS) -> object:
+def build_tokenizer(out: Path, corpus: list[str] = CORPUS, special_tokens: list[str] = SPECIAL_TOKENS,
+                    additional_special: list[str] | None = None, chat_template: str = CHAT_TEMPLATE) -> object:
+    """A byte-level BPE tokenizer trained offline on ``corpus``, ChatML template, saved into ``out``.
+
+    ``special_tokens`` start with <|endoftext|> (pad), <|im_start|>, <|im_end|> (eos); the
+    additional special tokens default to <|im_start|>.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -51,20 +57,20 @@ def _build_tokenizer(out: Path, corpus: list[str] = CORPUS) -> object:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(corpus * 20, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL_TOKENS[1:2])
-    fast.chat_template = CHAT_TEMPLATE
+                                   additional_special_tokens=additional_special or special_tokens[1:2])
+    fast.chat_template = chat_template
     fast.save_pretrained(str(out))
     # transformers 5 writes "TokenizersBackend"; the explicit class also loads in older versions.
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg["chat_template"] = CHAT_TEMPLATE
+    cfg["chat_template"] = chat_template
     cfg_path.write_text(json.dumps(cfg, indent=2))
     return fast
 
@@ -99,7 +105,7 @@ def build(out: Path, seed: int = 0) -> dict:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer(out)
+    tokenizer = build_tokenizer(out)
     special_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     eos_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     config = _config(len(tokenizer), eos_ids)

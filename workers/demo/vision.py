@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlx_serve_workers.demo import text
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
@@ -51,29 +53,10 @@ HEAD_DIM = 16  # hidden / heads; mrope_section below must sum to HEAD_DIM / 2
 
 
 def _build_tokenizer(out: Path) -> object:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL_TOKENS[1:2] + SPECIAL_TOKENS[3:])
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(out))
-    # transformers 5 writes "TokenizersBackend"; the explicit class also loads in older versions.
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg["chat_template"] = CHAT_TEMPLATE
-    cfg_path.write_text(json.dumps(cfg, indent=2))
-    return fast
+    # The chat model's recipe, with the vision special tokens and the image-aware template.
+    return text.build_tokenizer(out, corpus=CORPUS, special_tokens=SPECIAL_TOKENS,
+                                additional_special=SPECIAL_TOKENS[1:2] + SPECIAL_TOKENS[3:],
+                                chat_template=CHAT_TEMPLATE)
 
 
 def _config(ids: dict[str, int], vocab_size: int) -> dict:
