@@ -64,5 +64,12 @@ def build(out: Path, seed: int = 0) -> dict:
         else value
         for key, value in tree_flatten(model.parameters())
     }
+    # Sampling from near-uniform random logits would pick [STOP] now and then, ending some
+    # answers after a token or two (an empty WAV). Larger random lm_head rows with the special
+    # tokens' rows zeroed keep [STOP] far below the best logit: answers run to max_tokens.
+    head = "language_model.lm_head.weight"
+    rows = mx.random.normal(weights[head].shape) * 0.3
+    special = mx.array([i < len(SPECIAL_TOKENS) for i in range(rows.shape[0])])[:, None]
+    weights[head] = mx.where(special, 0.0, rows).astype(weights[head].dtype)
     mx.save_safetensors(str(out / "model.safetensors"), weights)
     return {"options": {"max_tokens": DEMO_MAX_TOKENS}}
