@@ -13,7 +13,6 @@ from it); tests set lower limits through options.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mlx_serve_workers.demo import text
@@ -35,10 +34,6 @@ ANSWER_ROW_SCALE = 0.1
 
 def build(out: Path, seed: int = 0) -> dict:
     """Write the tiny reranker directory into ``out``; returns no extra models.yaml fields."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.utils import _get_classes
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = text.build_tokenizer(out, corpus=text.CORPUS + RERANK_CORPUS)
@@ -48,23 +43,5 @@ def build(out: Path, seed: int = 0) -> dict:
         if len(ids) != 1:  # a corpus change must not silently break the demo
             raise RuntimeError(f"demo reranker tokenizer splits {word!r} into {ids}")
         answers.append(ids[0])
-    eos_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-    config = text._config(len(tokenizer), eos_ids)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    (out / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": None, "eos_token_id": eos_ids, "do_sample": False}, indent=2))
-
-    model_class, args_class = _get_classes(config)
-    model = model_class(args_class.from_dict(config))
-    mx.random.seed(seed)
-    weights: dict[str, mx.array] = {}
-    for name, value in tree_flatten(model.parameters()):
-        if value.ndim >= 2:
-            value = mx.random.normal(value.shape, dtype=mx.float32) * 0.3
-        weights[name] = value
-    scale = mx.ones((weights["lm_head.weight"].shape[0], 1), dtype=mx.float32)
-    scale[mx.array(answers)] = ANSWER_ROW_SCALE / 0.3
-    weights["lm_head.weight"] = weights["lm_head.weight"] * scale
-    mx.eval(weights)
-    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    text.write_random_qwen3(out, tokenizer, seed, {i: ANSWER_ROW_SCALE / 0.3 for i in answers})
     return {}

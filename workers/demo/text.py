@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -97,16 +98,16 @@ def _config(vocab_size: int, eos_ids: list[int]) -> dict:
     }
 
 
-def build(out: Path, seed: int = 0) -> dict:
-    """Write the tiny qwen3 model directory into ``out``; returns no extra models.yaml fields."""
+def write_random_qwen3(out: Path, tokenizer: Any, seed: int, head_row_scale: dict[int, float]) -> None:
+    """config.json, generation_config.json and random weights of a tiny qwen3 for ``tokenizer``.
+
+    Every >=2-D tensor is drawn normal*0.3 (mlx's small default init makes greedy decoding
+    repeat one token); the lm_head rows in ``head_row_scale`` are multiplied by their factor.
+    """
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.utils import _get_classes
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out)
-    special_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     eos_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     config = _config(len(tokenizer), eos_ids)
     (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -123,9 +124,19 @@ def build(out: Path, seed: int = 0) -> dict:
             value = mx.random.normal(value.shape, dtype=mx.float32) * 0.3
         weights[name] = value
     head = weights["lm_head.weight"]
-    keep = mx.ones((head.shape[0], 1), dtype=head.dtype)
-    keep[mx.array(special_ids)] = 0.0
-    weights["lm_head.weight"] = head * keep
+    scale = mx.ones((head.shape[0], 1), dtype=head.dtype)
+    for row, factor in head_row_scale.items():
+        scale[row] = factor
+    weights["lm_head.weight"] = head * scale
     mx.eval(weights)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+
+
+def build(out: Path, seed: int = 0) -> dict:
+    """Write the tiny qwen3 model directory into ``out``; returns no extra models.yaml fields."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out)
+    special_ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    write_random_qwen3(out, tokenizer, seed, {i: 0.0 for i in special_ids})
     return {}
